@@ -1,0 +1,320 @@
+"""Dual Cross-Attention (DCA): Ates, Mohan, Celik, "Dual Cross-Attention for Medical Image Segmentation", 2023.
+
+DCA refines the first encoder skips of a U-Net before the decoder sees them:
+
+1. patch embedding: each skip x_i (C_i channels) is average-pooled to one token grid (N tokens) and scaled per
+   channel (a depthwise 1x1 projection);
+2. n blocks of channel cross-attention (CCA) then spatial cross-attention (SCA), each with a token residual;
+3. tokens back to maps, a 1x1 conv, upsampled to x_i's size, added to x_i, BatchNorm, ReLU.
+
+Tokens are (B, N, C) throughout. No parameter depends on the token grid, so one module serves any input size.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+BATCH_NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+INTERPOLATION = {2: "bilinear", 3: "trilinear"}
+
+
+class DepthwiseProjection(nn.Module):
+    """The paper's depthwise 1x1 projection of tokens: a per-channel scale and bias, nothing mixes channels.
+
+    The weight keeps a depthwise conv's shape (C, 1, 1, 1[, 1]) so a state dict of the paper's layout loads as is.
+    tokens (B, N, C) -> (B, N, C)
+    """
+
+    def __init__(self, channels: int, spatial_dims: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(channels, 1, *[1] * spatial_dims))
+        self.bias = nn.Parameter(torch.empty(channels))
+        # PyTorch's default init of a depthwise 1x1 conv (fan_in 1) is U(-1, 1) for weight and bias
+        nn.init.uniform_(self.weight, -1.0, 1.0)
+        nn.init.uniform_(self.bias, -1.0, 1.0)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.bias, tokens, self.weight.view(-1))
+
+
+def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v, explicit. q (..., L, d), k (..., M, d), v (..., M, d_v) -> (..., L, d_v)."""
+    return torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1) @ v
+
+
+def attention_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """The same as `attention_math` on `scaled_dot_product_attention`, which never materializes L x M.
+
+    The fused (flash) kernels need one head dim for q, k and v. Zero columns appended to v only add zero output
+    columns, which are dropped, so padding v to q's head dim is exact. Requires d_v <= d.
+    """
+    head_dim, value_dim = q.shape[-1], v.shape[-1]
+    if value_dim == head_dim:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    padded = F.pad(v, (0, head_dim - value_dim))
+    return F.scaled_dot_product_attention(q, k, padded, scale=scale)[..., :value_dim]
+
+
+def split_heads(tokens: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, h * c) -> (B, h, N, c)"""
+    batch, n_tokens, channels = tokens.shape
+    return tokens.view(batch, n_tokens, heads, channels // heads).transpose(1, 2)
+
+
+def merge_heads(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, h, N, c) -> (B, N, h * c)"""
+    batch, heads, n_tokens, channels = tokens.shape
+    return tokens.transpose(1, 2).reshape(batch, n_tokens, heads * channels)
+
+
+class ChannelCrossAttention(nn.Module):
+    """CCA for one stage (paper, section 3.2): the stage's channels attend to the channels of all stages.
+
+    Q from the stage's normalized tokens, K and V from all stages' normalized tokens concatenated along channels.
+    Per head the attention matrix is C_i/h x C_sum/h, scaled by C_sum^-0.5 as in the paper.
+    tokens (B, N, C_i), context (B, N, C_sum) -> (B, N, C_i)
+    """
+
+    def __init__(self, channels: int, context_channels: int, heads: int, spatial_dims: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.scale = context_channels ** -0.5
+        self.query = DepthwiseProjection(channels, spatial_dims)
+        self.key = DepthwiseProjection(context_channels, spatial_dims)
+        self.value = DepthwiseProjection(context_channels, spatial_dims)
+        self.out = DepthwiseProjection(channels, spatial_dims)
+
+    def forward(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        # channels are the attended axis: (B, h, C/h, N)
+        q = split_heads(self.query(tokens), self.heads).transpose(-2, -1)
+        k = split_heads(self.key(context), self.heads).transpose(-2, -1)
+        v = split_heads(self.value(context), self.heads).transpose(-2, -1)
+        attended = attention_math(q, k, v, self.scale)
+        return self.out(merge_heads(attended.transpose(-2, -1)))
+
+
+class SpatialCrossAttention(nn.Module):
+    """SCA for one stage (paper, section 3.3): every token attends to every token, queries and keys from all stages.
+
+    Q and K from all stages' normalized tokens concatenated along channels, V from the stage's normalized tokens.
+    Per head the attention matrix is N x N, scaled by (C_sum/h)^-0.5.
+    tokens (B, N, C_i), context (B, N, C_sum) -> (B, N, C_i)
+    """
+
+    def __init__(self, channels: int, context_channels: int, heads: int, spatial_dims: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.scale = (context_channels // heads) ** -0.5
+        self.query = DepthwiseProjection(context_channels, spatial_dims)
+        self.key = DepthwiseProjection(context_channels, spatial_dims)
+        self.value = DepthwiseProjection(channels, spatial_dims)
+        self.out = DepthwiseProjection(channels, spatial_dims)
+
+    def forward(self, tokens: torch.Tensor, context: torch.Tensor, fused: bool = True) -> torch.Tensor:
+        q = split_heads(self.query(context), self.heads)  # (B, h, N, C_sum/h)
+        k = split_heads(self.key(context), self.heads)
+        v = split_heads(self.value(tokens), self.heads)  # (B, h, N, C_i/h)
+        attend = attention_fused if fused else attention_math
+        return self.out(merge_heads(attend(q, k, v, self.scale)))
+
+
+class DCABlock(nn.Module):
+    """One DCA block: channel cross-attention, then spatial cross-attention, each with a token residual.
+
+    Each attention normalizes every stage's tokens with its own LayerNorm (eps 1e-6) and concatenates them as the
+    shared context. tokens: a list of (B, N, C_i) -> a list of the same shapes
+    """
+
+    def __init__(self, features: Sequence[int], channel_heads: Sequence[int], spatial_heads: Sequence[int],
+                 channel_attention: bool, spatial_attention: bool, spatial_dims: int) -> None:
+        super().__init__()
+        context_channels = sum(features)
+        self.channel_norms = self.channel_attentions = self.spatial_norms = self.spatial_attentions = None
+        if channel_attention:
+            self.channel_norms = nn.ModuleList(nn.LayerNorm(c, eps=1e-6) for c in features)
+            self.channel_attentions = nn.ModuleList(
+                ChannelCrossAttention(c, context_channels, h, spatial_dims) for c, h in zip(features, channel_heads))
+        if spatial_attention:
+            self.spatial_norms = nn.ModuleList(nn.LayerNorm(c, eps=1e-6) for c in features)
+            self.spatial_attentions = nn.ModuleList(
+                SpatialCrossAttention(c, context_channels, h, spatial_dims) for c, h in zip(features, spatial_heads))
+
+    def forward(self, tokens: list[torch.Tensor], fused: bool = True) -> list[torch.Tensor]:
+        if self.channel_attentions is not None:
+            normed = [norm(t) for norm, t in zip(self.channel_norms, tokens)]
+            context = torch.cat(normed, dim=-1)
+            tokens = [t + cca(n, context) for t, n, cca in zip(tokens, normed, self.channel_attentions)]
+        if self.spatial_attentions is not None:
+            normed = [norm(t) for norm, t in zip(self.spatial_norms, tokens)]
+            context = torch.cat(normed, dim=-1)
+            tokens = [t + sca(n, context, fused) for t, n, sca in zip(tokens, normed, self.spatial_attentions)]
+        return tokens
+
+
+class DCA(nn.Module):
+    """Dual Cross-Attention over a U-Net's skip connections (Ates, Mohan, Celik 2023).
+
+    Args:
+        features: channels of each skip, shallow to deep.
+        token_grid: the pooled token grid, an int (the same along every axis), a tuple, or None for the paper's
+            rule: the deepest skip's spatial size, capped at `max_tokens` tokens (pooled further, aspect ratio kept).
+        max_tokens: the cap of the paper's rule; None for uncapped. Spatial attention costs O(N^2) in tokens N.
+        n_blocks: DCA blocks in sequence.
+        channel_heads, spatial_heads: heads of channel and spatial attention, an int or one per skip.
+        channel_attention, spatial_attention: switch either attention off, for ablations.
+        spatial_dims: 2 or 3.
+        fused_attention: run spatial attention on the fused `scaled_dot_product_attention` kernels (default)
+            rather than the explicit math; both compute the same. A plain attribute, switchable at any time.
+
+    Input: a list of skips, each (B, C_i, *spatial_i) with any spatial size. Output: a list of the same shapes.
+    """
+
+    def __init__(self, features: Sequence[int], token_grid: int | Sequence[int] | None = None,
+                 max_tokens: int | None = 1024, n_blocks: int = 1, channel_heads: int | Sequence[int] = 1,
+                 spatial_heads: int | Sequence[int] = 4, channel_attention: bool = True,
+                 spatial_attention: bool = True, spatial_dims: int = 2, fused_attention: bool = True) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        if isinstance(features, int) or len(features) == 0 or not all(_is_positive_int(c) for c in features):
+            raise ValueError(f"features must be a non-empty list of positive channel counts, got {features!r}")
+        self.features = [int(c) for c in features]
+        self.spatial_dims = spatial_dims
+        self.token_grid = _check_token_grid(token_grid, spatial_dims)
+        if max_tokens is not None and not _is_positive_int(max_tokens):
+            raise ValueError(f"max_tokens must be a positive int or None (uncapped), got {max_tokens!r}")
+        self.max_tokens = max_tokens
+        if not _is_positive_int(n_blocks):
+            raise ValueError(f"n_blocks must be a positive int, got {n_blocks!r}")
+        channel_heads = _heads_per_stage(channel_heads, self.features, "channel_heads")
+        spatial_heads = _heads_per_stage(spatial_heads, self.features, "spatial_heads")
+        self.fused_attention = fused_attention
+
+        self.patch_embeddings = nn.ModuleList(DepthwiseProjection(c, spatial_dims) for c in self.features)
+        self.blocks = nn.ModuleList(
+            DCABlock(self.features, channel_heads, spatial_heads, channel_attention, spatial_attention, spatial_dims)
+            for _ in range(n_blocks))
+        self.output_convs = nn.ModuleList(CONV[spatial_dims](c, c, kernel_size=1) for c in self.features)
+        self.output_norms = nn.ModuleList(BATCH_NORM[spatial_dims](c) for c in self.features)
+
+    def forward(self, skips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        self._check_inputs(skips)
+        grid = self.grid_for(skips)
+        tokens = [embed(_pool_to_tokens(x, grid)) for x, embed in zip(skips, self.patch_embeddings)]
+        for block in self.blocks:
+            tokens = block(tokens, self.fused_attention)
+        return [self._back_to_skip(t, x, grid, conv, norm)
+                for t, x, conv, norm in zip(tokens, skips, self.output_convs, self.output_norms)]
+
+    def grid_for(self, skips: Sequence[torch.Tensor]) -> tuple[int, ...]:
+        """The token grid used for these skips: `token_grid` if set, else the paper's rule with the cap."""
+        if self.token_grid is not None:
+            return self.token_grid
+        return capped_grid(tuple(skips[-1].shape[2:]), self.max_tokens)
+
+    def _back_to_skip(self, tokens: torch.Tensor, skip: torch.Tensor, grid: tuple[int, ...], conv: nn.Module,
+                      norm: nn.Module) -> torch.Tensor:
+        batch, _, channels = tokens.shape
+        tokens = tokens.transpose(1, 2).reshape(batch, channels, *grid)
+        # The paper upsamples, then applies the 1x1 conv. Both are linear and interpolation weights sum to one,
+        # so they commute exactly; the conv at token resolution costs a fraction of the conv at skip resolution.
+        refined = conv(tokens)
+        if refined.shape[2:] != skip.shape[2:]:
+            refined = F.interpolate(refined, size=skip.shape[2:], mode=INTERPOLATION[self.spatial_dims],
+                                    align_corners=True)
+        return torch.relu(norm(skip + refined))
+
+    def _check_inputs(self, skips: Sequence[torch.Tensor]) -> None:
+        if len(skips) != len(self.features):
+            raise ValueError(f"DCA was built for {len(self.features)} skips (features {self.features}), "
+                             f"got {len(skips)} inputs")
+        rank = 2 + self.spatial_dims
+        for i, (x, channels) in enumerate(zip(skips, self.features)):
+            if x.dim() != rank:
+                raise ValueError(f"skip {i} has shape {tuple(x.shape)}: DCA with spatial_dims={self.spatial_dims} "
+                                 f"expects {rank}-D inputs (batch, channels, {self.spatial_dims} spatial axes)")
+            if x.shape[1] != channels:
+                raise ValueError(f"skip {i} has {x.shape[1]} channels, DCA was built with features[{i}]={channels}")
+            if x.shape[0] != skips[0].shape[0]:
+                raise ValueError(f"skips have different batch sizes: skip 0 has {skips[0].shape[0]}, "
+                                 f"skip {i} has {x.shape[0]}")
+
+
+def capped_grid(size: tuple[int, ...], max_tokens: int | None) -> tuple[int, ...]:
+    """`size`, shrunk by one common factor per axis until it holds at most `max_tokens` tokens (None: no cap)."""
+    n_tokens = math.prod(size)
+    if max_tokens is None or n_tokens <= max_tokens:
+        return size
+    factor = (max_tokens / n_tokens) ** (1 / len(size))
+    # the tolerance keeps an exact product (20 * 0.5 computed as 9.9999...) from losing a whole row
+    return tuple(max(1, int(s * factor + 1e-6)) for s in size)
+
+
+def _pool_to_tokens(x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """(B, C, *spatial) -> (B, N, C), N = prod(grid), by adaptive average pooling."""
+    pool = F.adaptive_avg_pool2d if len(grid) == 2 else F.adaptive_avg_pool3d
+    return pool(x, grid).flatten(2).transpose(1, 2)
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_token_grid(token_grid: int | Sequence[int] | None, spatial_dims: int) -> tuple[int, ...] | None:
+    if token_grid is None:
+        return None
+    if _is_positive_int(token_grid):
+        return (token_grid,) * spatial_dims
+    if (isinstance(token_grid, (list, tuple)) and len(token_grid) == spatial_dims
+            and all(_is_positive_int(g) for g in token_grid)):
+        return tuple(token_grid)
+    raise ValueError(f"token_grid must be None, a positive int or {spatial_dims} positive ints, got {token_grid!r}")
+
+
+def _heads_per_stage(heads: int | Sequence[int], features: list[int], name: str) -> list[int]:
+    per_stage = [heads] * len(features) if _is_positive_int(heads) else list(heads)
+    if len(per_stage) != len(features) or not all(_is_positive_int(h) for h in per_stage):
+        raise ValueError(f"{name} must be a positive int or one per skip ({len(features)}), got {heads!r}")
+    context_channels = sum(features)
+    for stage, (h, channels) in enumerate(zip(per_stage, features)):
+        if channels % h or context_channels % h:
+            raise ValueError(f"{name}={h} at stage {stage} must divide both the stage's channels ({channels}) "
+                             f"and the channels of all stages together ({context_channels})")
+    return per_stage
+
+
+_REFERENCE_KEYS = [
+    (r"^avg_map\.(\d+)\.proj\.depthwise\.", r"patch_embeddings.\1."),
+    (r"^attention\.(\d+)\.channel_norm\.", r"blocks.\1.channel_norms."),
+    (r"^attention\.(\d+)\.spatial_norm\.", r"blocks.\1.spatial_norms."),
+    (r"^attention\.(\d+)\.c_attention\.", r"blocks.\1.channel_attentions."),
+    (r"^attention\.(\d+)\.s_attention\.", r"blocks.\1.spatial_attentions."),
+    (r"\.q_map\.proj\.depthwise\.", r".query."),
+    (r"\.k_map\.proj\.depthwise\.", r".key."),
+    (r"\.v_map\.proj\.depthwise\.", r".value."),
+    (r"\.projection\.proj\.depthwise\.", r".out."),
+    (r"^upconvs\.(\d+)\.conv\.conv\.", r"output_convs.\1."),
+    (r"^bn_relu\.(\d+)\.0\.", r"output_norms.\1."),
+]
+
+
+def state_dict_from_reference(reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Renames a state dict of the paper's reference code (its `DCA` module) to this module's names.
+
+    Shapes and the order of parameters are the same in both; only the names differ, for example
+    `attention.0.c_attention.2.q_map.proj.depthwise.weight` -> `blocks.0.channel_attentions.2.query.weight`.
+    Use: `dca.load_state_dict(state_dict_from_reference(reference_model.state_dict()))`.
+    """
+    renamed = {}
+    for key, value in reference.items():
+        for pattern, replacement in _REFERENCE_KEYS:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = value
+    return renamed
