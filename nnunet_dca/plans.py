@@ -1,0 +1,102 @@
+"""The plans-only route: a DCA configuration added to an nnU-Net plans file.
+
+The new configuration inherits from a source configuration (same data_identifier: no new preprocessing) and
+replaces only its `architecture` block, which names DCAUNetFromPlans. The stock nnUNetTrainer then trains DCA,
+and a model folder predicts wherever this package is installed, without nnUNet_extTrainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+from typing import Any, Mapping
+
+from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunet_dca.config import parse_dca_block
+from nnunet_dca.network import DCAUNetFromPlans
+
+DCA_NETWORK_CLASS_NAME = f"{DCAUNetFromPlans.__module__}.{DCAUNetFromPlans.__name__}"
+
+
+def find_plans_file(dataset: str | int, plans_identifier: str = "nnUNetPlans") -> str:
+    """The plans file of a dataset (id like 4 or '4', or name like 'Dataset004_Hippocampus') in nnUNet_preprocessed."""
+    preprocessed = os.environ.get("nnUNet_preprocessed")
+    if not preprocessed:
+        raise RuntimeError("nnUNet_preprocessed is not set; export it as for nnUNetv2_plan_and_preprocess")
+    dataset_folder = os.path.join(preprocessed, maybe_convert_to_dataset_name(dataset))
+    plans_file = os.path.join(dataset_folder, f"{plans_identifier}.json")
+    if not os.path.isfile(plans_file):
+        raise FileNotFoundError(f"no plans file {plans_file}; plans found for this dataset: "
+                                f"{_plans_identifiers(dataset_folder)} (run nnUNetv2_plan_and_preprocess first, "
+                                f"or pick one of those with -p)")
+    return plans_file
+
+
+def add_dca_configuration(plans_file: str, source_configuration: str = "2d", name: str | None = None,
+                          dca: Mapping[str, Any] | None = None, overwrite: bool = False) -> str:
+    """Adds a DCA configuration to a plans file and returns its name (default f'{source_configuration}_dca').
+
+    The new configuration inherits from `source_configuration` and holds the full `architecture` block
+    (nnU-Net's inheritance replaces top-level keys whole): network_class_name DCAUNetFromPlans, arch_kwargs =
+    {'base_network_class_name': source class, **source arch_kwargs, 'dca': the validated dca block with every
+    default filled in, so a model folder keeps its settings if the defaults change}. No other configuration is
+    changed. The file is replaced atomically.
+    """
+    if not os.path.isfile(plans_file):
+        raise FileNotFoundError(f"plans file {plans_file} does not exist; run nnUNetv2_plan_and_preprocess first")
+    with open(plans_file) as f:
+        plans = json.load(f)
+    configurations = plans["configurations"]
+    if source_configuration not in configurations:
+        raise ValueError(f"configuration {source_configuration!r} is not in {plans_file}; "
+                         f"available: {list(configurations)}")
+    name = name or f"{source_configuration}_dca"
+    if name == source_configuration:
+        raise ValueError(f"the DCA configuration needs a name other than its source {source_configuration!r}")
+    if name in configurations and not overwrite:
+        raise FileExistsError(f"configuration {name!r} already exists in {plans_file}; pick another name, "
+                              f"or pass --overwrite (overwrite=True) to replace it")
+    stages, dca_kwargs = parse_dca_block(dca)
+
+    source = PlansManager(plans).get_configuration(source_configuration).configuration["architecture"]
+    if source["network_class_name"] == DCA_NETWORK_CLASS_NAME:
+        raise ValueError(f"configuration {source_configuration!r} already uses DCA; use a stock one as the source")
+    configurations[name] = {
+        "inherits_from": source_configuration,
+        "architecture": {
+            "network_class_name": DCA_NETWORK_CLASS_NAME,
+            "arch_kwargs": {
+                "base_network_class_name": source["network_class_name"],
+                **source["arch_kwargs"],
+                "dca": {"stages": stages, **dca_kwargs},
+            },
+            "_kw_requires_import": source["_kw_requires_import"],
+        },
+    }
+    _write_json_atomically(plans, plans_file)
+    return name
+
+
+def _write_json_atomically(obj: Any, path: str) -> None:
+    # a temp file in the same folder and os.replace: readers see the old file or the new one, never a partial one
+    folder = os.path.dirname(os.path.abspath(path))
+    descriptor, temp_path = tempfile.mkstemp(dir=folder, prefix=".", suffix=".json.tmp")
+    try:
+        with os.fdopen(descriptor, "w") as f:
+            json.dump(obj, f, indent=4, sort_keys=False)  # nnU-Net's own layout for plans files
+        os.chmod(temp_path, stat.S_IMODE(os.stat(path).st_mode))  # mkstemp creates 0600
+        os.replace(temp_path, path)
+    except BaseException:
+        os.unlink(temp_path)
+        raise
+
+
+def _plans_identifiers(dataset_folder: str) -> list[str]:
+    if not os.path.isdir(dataset_folder):
+        return []
+    not_plans = {"dataset.json", "dataset_fingerprint.json", "splits_final.json"}
+    return sorted(f[:-len(".json")] for f in os.listdir(dataset_folder) if f.endswith(".json") and f not in not_plans)

@@ -1,0 +1,113 @@
+"""nnUNetTrainerDCA and its variants: nnU-Net's training with DCA skip connections (Ates, Mohan, Celik 2023).
+
+Use: nnUNetv2_train DATASET 2d FOLD -tr nnUNetTrainerDCA, with nnUNet_extTrainer pointing at this folder.
+Subclass any of them from your own folder on nnUNet_extTrainer:
+
+    from nnunet_dca.trainers.nnUNetTrainerDCA import nnUNetTrainerDCA
+
+    class nnUNetTrainerDCA_2Blocks(nnUNetTrainerDCA):
+        dca_overrides = {"n_blocks": 2}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+
+from nnunet_dca.network import DCAUNet
+
+
+class nnUNetTrainerDCA(nnUNetTrainer):
+    """nnUNetTrainer whose network is the plans' U-Net with DCA on its first encoder skips (see DCAUNet).
+
+    DCA settings: the configuration's optional `dca` block in the plans, with `dca_overrides` merged over it.
+    A subclass sets `dca_overrides` and/or `epochs` (None keeps nnU-Net's default) and nothing else.
+    """
+
+    dca_overrides: dict[str, Any] = {}
+    epochs: int | None = None
+
+    # nnUNetTrainer.__init__ records its arguments by reading this signature, so it must match nnU-Net's
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.epochs is not None:
+            self.num_epochs = self.epochs
+
+    # a classmethod where nnU-Net has a staticmethod: called the same way, and sees a variant's dca_overrides
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        network = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                     num_output_channels, enable_deep_supervision)
+        dca_block = {**(configuration_manager.configuration.get("dca") or {}), **cls.dca_overrides}
+        return DCAUNet(network, dca_block)
+
+
+class nnUNetTrainerDCA_CCAOnly(nnUNetTrainerDCA):
+    """Ablation: channel cross-attention only (spatial attention off)."""
+    dca_overrides = {"spatial_attention": False}
+
+
+class nnUNetTrainerDCA_SCAOnly(nnUNetTrainerDCA):
+    """Ablation: spatial cross-attention only (channel attention off)."""
+    dca_overrides = {"channel_attention": False}
+
+
+class nnUNetTrainerDCA_FullGrid(nnUNetTrainerDCA):
+    """The paper's token grid, the deepest DCA skip's size, without the token cap (O(N^2) in tokens N)."""
+    dca_overrides = {"max_tokens": None}
+
+
+# the epoch family, named as nnU-Net names its own (nnunetv2 .../variants/training_length/nnUNetTrainer_Xepochs.py)
+class nnUNetTrainerDCA_1epoch(nnUNetTrainerDCA):
+    epochs = 1
+
+
+class nnUNetTrainerDCA_5epochs(nnUNetTrainerDCA):
+    epochs = 5
+
+
+class nnUNetTrainerDCA_10epochs(nnUNetTrainerDCA):
+    epochs = 10
+
+
+class nnUNetTrainerDCA_20epochs(nnUNetTrainerDCA):
+    epochs = 20
+
+
+class nnUNetTrainerDCA_50epochs(nnUNetTrainerDCA):
+    epochs = 50
+
+
+class nnUNetTrainerDCA_100epochs(nnUNetTrainerDCA):
+    epochs = 100
+
+
+class nnUNetTrainerDCA_250epochs(nnUNetTrainerDCA):
+    epochs = 250
+
+
+class nnUNetTrainerDCA_500epochs(nnUNetTrainerDCA):
+    epochs = 500
+
+
+class nnUNetTrainerDCA_750epochs(nnUNetTrainerDCA):
+    epochs = 750
+
+
+class nnUNetTrainerDCA_2000epochs(nnUNetTrainerDCA):
+    epochs = 2000
+
+
+class nnUNetTrainerDCA_4000epochs(nnUNetTrainerDCA):
+    epochs = 4000
+
+
+class nnUNetTrainerDCA_8000epochs(nnUNetTrainerDCA):
+    epochs = 8000
