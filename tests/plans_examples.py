@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 _COMMON_ARCH_KWARGS = {
     "conv_bias": True,
@@ -117,6 +118,15 @@ def make_plans() -> dict:
 DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2},
                 "numTraining": 2, "file_ending": ".nii.gz"}
 NUM_CLASSES = 3
+
+
+
+class NotAUNet(nn.Module):
+    """A network nnU-Net can build from plans that has no encoder skips."""
+
+    def __init__(self, input_channels: int, num_classes: int, **arch_kwargs) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(input_channels, num_classes, 1)
 
 
 @pytest.fixture(autouse=True)

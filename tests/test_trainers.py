@@ -1,0 +1,139 @@
+"""nnUNetTrainerDCA and its variants, as nnU-Net builds, finds and instantiates them."""
+
+import json
+import os
+import re
+import textwrap
+
+import pytest
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.training_length import nnUNetTrainer_Xepochs
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunet_dca.network import DCAUNet
+from nnunet_dca.plans import add_dca_configuration
+from nnunet_dca.trainers import nnUNetTrainerDCA as trainers_module
+from nnunet_dca.trainers import trainer_dir
+from nnunet_dca.trainers.nnUNetTrainerDCA import (nnUNetTrainerDCA, nnUNetTrainerDCA_5epochs,
+                                                  nnUNetTrainerDCA_CCAOnly, nnUNetTrainerDCA_FullGrid,
+                                                  nnUNetTrainerDCA_SCAOnly)
+from plans_examples import DATASET_JSON, NotAUNet, NUM_CLASSES, PATCH_SIZES, make_plans, single_thread  # noqa: F401 (autouse)
+
+
+def build(trainer, configuration: str = "2d", plans: dict | None = None, deep_supervision: bool = True):
+    plans_manager = PlansManager(plans or make_plans())
+    return trainer.build_network_architecture(plans_manager, plans_manager.get_configuration(configuration),
+                                              1, NUM_CLASSES, deep_supervision)
+
+
+def shapes(output) -> list:
+    return [o.shape for o in output] if isinstance(output, list) else [output.shape]
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres", "2d_resenc"])
+@pytest.mark.parametrize("deep_supervision", [True, False])  # False: what nnUNetv2_predict builds
+def test_builds_a_dca_unet_with_the_stock_trainers_outputs(configuration, deep_supervision):
+    network = build(nnUNetTrainerDCA, configuration, deep_supervision=deep_supervision)
+    assert isinstance(network, DCAUNet)
+    x = torch.rand(2, 1, *PATCH_SIZES[configuration])
+    assert shapes(network(x)) == shapes(build(nnUNetTrainer, configuration, deep_supervision=deep_supervision)(x))
+
+
+def test_the_plans_dca_block_reaches_the_network():
+    plans = make_plans()
+    plans["configurations"]["2d"]["dca"] = {"stages": 2, "spatial_heads": 2, "max_tokens": 64}
+    network = build(nnUNetTrainerDCA, plans=plans)
+    assert network.stages == 2
+    assert network.dca.max_tokens == 64
+    assert network.dca.blocks[0].spatial_attentions[0].heads == 2
+
+
+@pytest.mark.parametrize("trainer, check", [
+    (nnUNetTrainerDCA_FullGrid, lambda dca: dca.max_tokens is None),
+    (nnUNetTrainerDCA_CCAOnly, lambda dca: dca.blocks[0].spatial_attentions is None
+                                           and dca.blocks[0].channel_attentions is not None),
+    (nnUNetTrainerDCA_SCAOnly, lambda dca: dca.blocks[0].channel_attentions is None
+                                           and dca.blocks[0].spatial_attentions is not None),
+])
+def test_ablations_override_the_plans_block_and_keep_the_rest(trainer, check):
+    plans = make_plans()
+    plans["configurations"]["2d"]["dca"] = {"max_tokens": 64, "n_blocks": 2}
+    dca = build(trainer, plans=plans).dca
+    assert check(dca)
+    assert len(dca.blocks) == 2
+
+
+def test_an_unknown_key_in_the_plans_block_is_named():
+    plans = make_plans()
+    plans["configurations"]["2d"]["dca"] = {"blocks": 2}
+    with pytest.raises(ValueError, match=r"\['blocks'\]"):
+        build(nnUNetTrainerDCA, plans=plans)
+
+
+def test_a_network_without_encoder_skips_is_refused_by_name():
+    plans = make_plans()
+    plans["configurations"]["2d"]["architecture"]["network_class_name"] = f"plans_examples.{NotAUNet.__name__}"
+    with pytest.raises(TypeError, match="NotAUNet does not expose U-Net skip connections"):
+        build(nnUNetTrainerDCA, plans=plans)
+
+
+def test_a_plans_route_configuration_is_not_wrapped_again(tmp_path):
+    plans_file = tmp_path / "plans.json"
+    plans_file.write_text(json.dumps(make_plans()))
+    add_dca_configuration(str(plans_file))
+    plans = json.loads(plans_file.read_text())
+    with pytest.raises(TypeError, match="already has DCA.*stock nnUNetTrainer"):
+        build(nnUNetTrainerDCA, "2d_dca", plans)
+
+
+def test_the_epoch_family_matches_nnunets():
+    stock_suffixes = {name[len("nnUNetTrainer"):] for name in dir(nnUNetTrainer_Xepochs)
+                      if re.fullmatch(r"nnUNetTrainer_\d+epochs?", name)}
+    ours = {name[len("nnUNetTrainerDCA"):]: getattr(trainers_module, name) for name in dir(trainers_module)
+            if re.fullmatch(r"nnUNetTrainerDCA_\d+epochs?", name)}
+    assert set(ours) == stock_suffixes
+    for suffix, trainer in ours.items():
+        assert trainer.epochs == int(re.search(r"\d+", suffix).group())
+
+
+@pytest.fixture
+def nnunet_folders(tmp_path, monkeypatch):
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(variable, str(tmp_path / variable))
+
+
+@pytest.mark.parametrize("trainer, epochs", [(nnUNetTrainerDCA_5epochs, 5), (nnUNetTrainerDCA, 1000)])
+def test_a_trainer_instance_has_its_epochs_and_nnunets_init_args(nnunet_folders, trainer, epochs):
+    plans = {**make_plans(), "continue_training": False}  # run_training adds this key, __init__ pops it
+    instance = trainer(plans, "2d", 0, DATASET_JSON, torch.device("cpu"))
+    assert instance.num_epochs == epochs
+    assert instance.my_init_kwargs["configuration"] == "2d"  # what checkpoints store as init_args
+
+
+def test_nnunet_finds_the_trainers_on_nnunet_exttrainer(monkeypatch):
+    monkeypatch.setenv("nnUNet_extTrainer", trainer_dir())
+    found = recursive_find_trainer_class_by_name("nnUNetTrainerDCA_FullGrid")
+    assert found.__name__ == "nnUNetTrainerDCA_FullGrid"
+    assert found.dca_overrides == {"max_tokens": None}
+
+
+def test_a_users_subclass_in_another_folder_is_found_and_builds(monkeypatch, tmp_path):
+    user_folder = tmp_path / "my_trainers"
+    user_folder.mkdir()
+    (user_folder / "my_dca_trainers.py").write_text(textwrap.dedent("""
+        from nnunet_dca.trainers.nnUNetTrainerDCA import nnUNetTrainerDCA_5epochs
+
+        class nnUNetTrainerDCA_TwoBlocks_5epochs(nnUNetTrainerDCA_5epochs):
+            dca_overrides = {"n_blocks": 2}
+    """))
+    monkeypatch.setenv("nnUNet_extTrainer", trainer_dir() + os.pathsep + str(user_folder))
+    found = recursive_find_trainer_class_by_name("nnUNetTrainerDCA_TwoBlocks_5epochs")
+    assert found.epochs == 5
+    assert len(build(found).dca.blocks) == 2
+
+
+def test_trainer_dir_is_this_package_folder():
+    assert os.path.isfile(os.path.join(trainer_dir(), "nnUNetTrainerDCA.py"))
+    assert os.path.isabs(trainer_dir())
