@@ -92,12 +92,12 @@ class ChannelCrossAttention(nn.Module):
         self.out = DepthwiseProjection(channels, spatial_dims)
 
     def forward(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        # channels are the attended axis: (B, h, C/h, N)
-        q = split_heads(self.query(tokens), self.heads).transpose(-2, -1)
-        k = split_heads(self.key(context), self.heads).transpose(-2, -1)
-        v = split_heads(self.value(context), self.heads).transpose(-2, -1)
-        attended = attention_math(q, k, v, self.scale)
-        return self.out(merge_heads(attended.transpose(-2, -1)))
+        q = split_heads(self.query(tokens), self.heads)  # (B, h, N, C_i/h)
+        k = split_heads(self.key(context), self.heads)  # (B, h, N, C_sum/h)
+        v = split_heads(self.value(context), self.heads)
+        # channels are the attended axis: attention is (B, h, C_i/h, C_sum/h), and out = (attention v^T)^T
+        attention = torch.softmax(q.transpose(-2, -1) @ k * self.scale, dim=-1)
+        return self.out(merge_heads(v @ attention.transpose(-2, -1)))
 
 
 class SpatialCrossAttention(nn.Module):
@@ -249,12 +249,22 @@ class DCA(nn.Module):
 
 def capped_grid(size: tuple[int, ...], max_tokens: int | None) -> tuple[int, ...]:
     """`size`, shrunk by one common factor per axis until it holds at most `max_tokens` tokens (None: no cap)."""
-    n_tokens = math.prod(size)
-    if max_tokens is None or n_tokens <= max_tokens:
+    if max_tokens is None or math.prod(size) <= max_tokens:
         return size
-    factor = (max_tokens / n_tokens) ** (1 / len(size))
-    # the tolerance keeps an exact product (20 * 0.5 computed as 9.9999...) from losing a whole row
-    return tuple(max(1, int(s * factor + 1e-6)) for s in size)
+    grid, shrinking = list(size), list(range(len(size)))
+    while shrinking:
+        factor = (max_tokens / math.prod(size[a] for a in shrinking)) ** (1 / len(shrinking))
+        too_thin = [a for a in shrinking if size[a] * factor < 1]
+        if not too_thin:
+            for a in shrinking:
+                # the tolerance keeps an exact product (20 * 0.5 computed as 9.9999...) from losing a whole row
+                grid[a] = int(size[a] * factor + 1e-6)
+            break
+        # an axis that would shrink below one token keeps one, and the others share the whole budget
+        for a in too_thin:
+            grid[a] = 1
+            shrinking.remove(a)
+    return tuple(grid)
 
 
 def _pool_to_tokens(x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:

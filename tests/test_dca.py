@@ -1,0 +1,314 @@
+import math
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from nnunet_dca import DCA
+from nnunet_dca.dca import ChannelCrossAttention, SpatialCrossAttention, capped_grid, state_dict_from_reference
+from nnunet_dca.naive import NaiveDCA
+
+PAPER_FEATURES = [32, 64, 128, 256]
+
+
+def skips_for(features, sizes, batch=2, dtype=torch.float32):
+    return [torch.randn(batch, c, *s, dtype=dtype) for c, s in zip(features, sizes)]
+
+
+def ladder(top, n, dims=2):
+    """Spatial sizes halving from `top` (a tuple), like a U-Net's skips; odd sizes round up as strided convs do."""
+    sizes = [tuple(top)]
+    for _ in range(n - 1):
+        sizes.append(tuple(math.ceil(s / 2) for s in sizes[-1]))
+    return sizes
+
+
+def dca_matching(naive: NaiveDCA, **kwargs) -> DCA:
+    dca = DCA(naive.features, spatial_dims=naive.spatial_dims, **kwargs)
+    dca.load_state_dict(state_dict_from_reference(naive.state_dict()))
+    return dca
+
+
+def assert_lists_close(actual, expected, atol=1e-5, rtol=1e-5):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        assert a.shape == e.shape
+        torch.testing.assert_close(a, e, atol=atol, rtol=rtol)
+
+
+# 1. Faithful to the paper's formulation
+
+
+def test_paper_configuration_parameter_count_and_layout():
+    dca, naive = DCA(PAPER_FEATURES, token_grid=28), NaiveDCA(PAPER_FEATURES, token_grid=28)
+    assert sum(p.numel() for p in dca.parameters()) == 110_560
+    # same order and shapes as the reference layout, so parameters can also be copied one by one
+    assert [p.shape for p in dca.parameters()] == [p.shape for p in naive.parameters()]
+    assert set(state_dict_from_reference(naive.state_dict())) == set(dca.state_dict())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("train", [True, False])
+def test_paper_configuration_equals_naive_formulation(fused, train):
+    torch.manual_seed(0)
+    naive = NaiveDCA(PAPER_FEATURES, token_grid=28)
+    dca = dca_matching(naive, token_grid=28, fused_attention=fused)
+    naive.train(train), dca.train(train)
+    skips = skips_for(PAPER_FEATURES, ladder((224, 224), 4))
+    assert_lists_close(dca(skips), naive(skips))
+
+
+@pytest.mark.parametrize("options", [
+    dict(n_blocks=2),
+    dict(channel_heads=2, spatial_heads=8),
+    dict(channel_attention=False),
+    dict(spatial_attention=False),
+])
+def test_other_settings_equal_naive_formulation(options):
+    torch.manual_seed(0)
+    features = [8, 16, 32]
+    naive = NaiveDCA(features, token_grid=(6, 5), **options)
+    dca = dca_matching(naive, token_grid=(6, 5), **options)
+    skips = skips_for(features, ladder((37, 29), 3))
+    assert_lists_close(dca(skips), naive(skips))
+
+
+def test_3d_equals_naive_formulation():
+    torch.manual_seed(0)
+    features = [8, 16, 32]
+    naive = NaiveDCA(features, token_grid=(3, 4, 5), spatial_dims=3)
+    dca = dca_matching(naive, token_grid=(3, 4, 5))
+    skips = skips_for(features, ladder((12, 15, 19), 3))
+    assert_lists_close(dca(skips), naive(skips))
+
+
+# 2. Shape-general
+
+
+@pytest.mark.parametrize("top", [(64, 64), (48, 80), (33, 17), (50, 50), (7, 9)])
+def test_2d_any_size_keeps_shapes(top):
+    features = [4, 8, 16, 32]
+    skips = skips_for(features, ladder(top, 4))
+    outs = DCA(features)(skips)
+    assert [o.shape for o in outs] == [s.shape for s in skips]
+
+
+@pytest.mark.parametrize("top", [(16, 16, 16), (9, 20, 13), (5, 6, 7)])
+def test_3d_any_size_keeps_shapes(top):
+    features = [4, 8, 16, 32]
+    skips = skips_for(features, ladder(top, 4))
+    outs = DCA(features, spatial_dims=3)(skips)
+    assert [o.shape for o in outs] == [s.shape for s in skips]
+
+
+def test_one_module_serves_any_input_size_with_the_paper_rule():
+    torch.manual_seed(0)
+    features = [4, 8, 16]
+    naive_small = NaiveDCA(features, token_grid=(10, 7))
+    dca = dca_matching(naive_small)  # token_grid None: the deepest skip's size
+    small = skips_for(features, ladder((37, 26), 3))
+    assert dca.grid_for(small) == (10, 7)
+    assert_lists_close(dca(small), naive_small(small))
+
+    large = skips_for(features, ladder((80, 64), 3))
+    naive_large = NaiveDCA(features, token_grid=(20, 16))
+    naive_large.load_state_dict(naive_small.state_dict())
+    assert dca.grid_for(large) == (20, 16)
+    assert_lists_close(dca(large), naive_large(large))
+
+
+def test_paper_rule_caps_tokens_keeping_aspect_ratio():
+    assert capped_grid((28, 28), 1024) == (28, 28)
+    assert capped_grid((64, 64), 1024) == (32, 32)
+    assert capped_grid((64, 64), None) == (64, 64)
+    assert capped_grid((40, 80), 800) == (20, 40)
+    assert capped_grid((20, 20, 20), 1000) == (10, 10, 10)
+    assert capped_grid((16, 16, 16), 1024) == (10, 10, 10)
+    grid = capped_grid((37, 91), 1024)
+    assert math.prod(grid) <= 1024 and abs(grid[1] / grid[0] - 91 / 37) < 0.1
+    assert capped_grid((1, 5000), 100) == (1, 100)
+
+
+def test_full_grid_is_the_deepest_skip_size():
+    features = [4, 8, 16, 32]
+    skips = skips_for(features, ladder((512, 512), 4), batch=1)
+    assert DCA(features).grid_for(skips) == (32, 32)
+    assert DCA(features, max_tokens=None).grid_for(skips) == (64, 64)
+    assert DCA(features, token_grid=7).grid_for(skips) == (7, 7)
+
+
+# 3. Fused attention
+
+
+def test_fused_path_equals_math_path():
+    torch.manual_seed(0)
+    features = [8, 16, 32, 64]
+    dca = DCA(features).eval()
+    skips = skips_for(features, ladder((96, 80), 4))
+    fused = dca(skips)
+    dca.fused_attention = False
+    assert_lists_close(fused, dca(skips))
+
+
+def test_fused_path_reaches_the_flash_kernel_on_cpu():
+    features = [8, 16, 32, 64]
+    dca = DCA(features)
+    skips = skips_for(features, ladder((64, 64), 4))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        dca(skips)
+    kernels = {event.key for event in profile.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels
+    assert "aten::_scaled_dot_product_attention_math" not in kernels
+    # and with only the flash kernel allowed, it runs (the unpadded call would fail: "No available kernel")
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        dca(skips)
+
+
+# hand check on tiny cases, by explicit loops
+
+
+def test_channel_attention_by_hand():
+    torch.manual_seed(0)
+    n_tokens, channels, context_channels, heads = 3, 2, 6, 2
+    cca = ChannelCrossAttention(channels, context_channels, heads, spatial_dims=2).double()
+    tokens = torch.randn(1, n_tokens, channels, dtype=torch.float64)
+    context = torch.randn(1, n_tokens, context_channels, dtype=torch.float64)
+
+    def project(p, x):
+        w, b = p.weight.view(-1).tolist(), p.bias.tolist()
+        return [[x[n][c] * w[c] + b[c] for c in range(len(w))] for n in range(len(x))]
+
+    q, k, v = project(cca.query, tokens[0].tolist()), project(cca.key, context[0].tolist()), project(
+        cca.value, context[0].tolist())
+    dq, dk = channels // heads, context_channels // heads
+    out = [[0.0] * channels for _ in range(n_tokens)]
+    for h in range(heads):
+        for c in range(dq):
+            scores = [sum(q[n][h * dq + c] * k[n][h * dk + j] for n in range(n_tokens)) / math.sqrt(context_channels)
+                      for j in range(dk)]
+            weights = [math.exp(s) / sum(math.exp(t) for t in scores) for s in scores]
+            for n in range(n_tokens):
+                out[n][h * dq + c] = sum(weights[j] * v[n][h * dk + j] for j in range(dk))
+    expected = torch.tensor([project(cca.out, out)], dtype=torch.float64)
+    torch.testing.assert_close(cca(tokens, context), expected)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_spatial_attention_by_hand(fused):
+    torch.manual_seed(0)
+    n_tokens, channels, context_channels, heads = 4, 2, 6, 2
+    sca = SpatialCrossAttention(channels, context_channels, heads, spatial_dims=2).double()
+    tokens = torch.randn(1, n_tokens, channels, dtype=torch.float64)
+    context = torch.randn(1, n_tokens, context_channels, dtype=torch.float64)
+
+    def project(p, x):
+        w, b = p.weight.view(-1).tolist(), p.bias.tolist()
+        return [[x[n][c] * w[c] + b[c] for c in range(len(w))] for n in range(len(x))]
+
+    q, k, v = project(sca.query, context[0].tolist()), project(sca.key, context[0].tolist()), project(
+        sca.value, tokens[0].tolist())
+    d, dv = context_channels // heads, channels // heads
+    out = [[0.0] * channels for _ in range(n_tokens)]
+    for h in range(heads):
+        for n in range(n_tokens):
+            scores = [sum(q[n][h * d + c] * k[m][h * d + c] for c in range(d)) / math.sqrt(d) for m in range(n_tokens)]
+            weights = [math.exp(s) / sum(math.exp(t) for t in scores) for s in scores]
+            for c in range(dv):
+                out[n][h * dv + c] = sum(weights[m] * v[m][h * dv + c] for m in range(n_tokens))
+    expected = torch.tensor([project(sca.out, out)], dtype=torch.float64)
+    torch.testing.assert_close(sca(tokens, context, fused=fused), expected)
+
+
+# 4. Training-ready
+
+
+@pytest.mark.parametrize("options", [dict(), dict(channel_attention=False), dict(spatial_attention=False),
+                                     dict(n_blocks=2, spatial_dims=3)])
+def test_gradients_reach_every_parameter(options):
+    features = [4, 8, 16]
+    dca = DCA(features, **options)
+    dims = options.get("spatial_dims", 2)
+    skips = skips_for(features, ladder((12,) * dims, 3))
+    for x in skips:
+        x.requires_grad_(True)
+    sum(o.square().mean() for o in dca(skips)).backward()
+    for name, p in dca.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in skips)
+
+
+def test_bfloat16_autocast_stays_finite():
+    torch.manual_seed(0)
+    features = [16, 32, 64, 128]
+    dca = DCA(features)
+    skips = skips_for(features, ladder((128, 96), 4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = dca(skips)
+        loss = sum(o.float().square().mean() for o in outs)
+    loss.backward()
+    assert all(torch.isfinite(o).all() for o in outs)
+    assert all(torch.isfinite(p.grad).all() for p in dca.parameters())
+    with torch.no_grad():
+        reference = dca(skips)
+    for o, r in zip(outs, reference):
+        assert (o.float() - r).abs().mean() < 0.05
+
+
+def test_torch_compile_without_graph_breaks():
+    torch.manual_seed(0)
+    features = [4, 8, 16]
+    dca = DCA(features)
+    skips = skips_for(features, ladder((20, 16), 3))
+    compiled = torch.compile(dca, fullgraph=True)  # fullgraph: a graph break is an error
+    outs = compiled(skips)
+    sum(o.sum() for o in outs).backward()
+    expected = dca(skips)
+    assert_lists_close(outs, expected, atol=1e-4, rtol=1e-4)
+    assert all(p.grad is not None for p in dca.parameters())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_gradcheck_float64(fused):
+    torch.manual_seed(0)
+    features = [2, 4]
+    dca = DCA(features, token_grid=(2, 3), spatial_heads=2, fused_attention=fused).double()
+    skips = skips_for(features, [(4, 5), (2, 3)], batch=2, dtype=torch.float64)
+    params = tuple(dca.parameters())
+
+    def outputs(*tensors):
+        return tuple(torch.func.functional_call(dca, dict(zip([n for n, _ in dca.named_parameters()], tensors[2:])),
+                                                (list(tensors[:2]),)))
+
+    inputs = tuple(x.requires_grad_(True) for x in skips) + tuple(p.detach().requires_grad_(True) for p in params)
+    assert torch.autograd.gradcheck(outputs, inputs)
+
+
+# 5. Clear errors
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(features=[8, 16], spatial_dims=1), "spatial_dims must be 2 or 3, got 1"),
+    (dict(features=[]), "features must be a non-empty list"),
+    (dict(features=[8, 16], spatial_heads=3), "spatial_heads=3 at stage 0 must divide both the stage's channels (8)"),
+    (dict(features=[8, 12], channel_heads=[1, 8]), "channel_heads=8 at stage 1 must divide both the stage's channels (12)"),
+    (dict(features=[8, 16], channel_heads=[1, 1, 1]), "channel_heads must be a positive int or one per skip (2)"),
+    (dict(features=[8, 16], token_grid=(4, 4, 4)), "token_grid must be None, a positive int or 2 positive ints"),
+    (dict(features=[8, 16], max_tokens=0), "max_tokens must be a positive int or None"),
+    (dict(features=[8, 16], n_blocks=0), "n_blocks must be a positive int, got 0"),
+])
+def test_bad_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError) as error:
+        DCA(**kwargs)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("skips, message", [
+    ([torch.randn(2, 8, 16, 16)], "DCA was built for 2 skips (features [8, 16]), got 1 inputs"),
+    ([torch.randn(2, 8, 16, 16), torch.randn(2, 12, 8, 8)], "skip 1 has 12 channels, DCA was built with features[1]=16"),
+    ([torch.randn(2, 8, 16, 16), torch.randn(3, 16, 8, 8)], "skips have different batch sizes: skip 0 has 2, skip 1 has 3"),
+    ([torch.randn(2, 8, 16, 16, 4), torch.randn(2, 16, 8, 8, 2)], "skip 0 has shape (2, 8, 16, 16, 4)"),
+])
+def test_bad_inputs_are_named(skips, message):
+    with pytest.raises(ValueError) as error:
+        DCA([8, 16])(skips)
+    assert message in str(error.value)
