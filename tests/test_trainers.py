@@ -112,6 +112,30 @@ def test_a_trainer_instance_has_its_epochs_and_nnunets_init_args(nnunet_folders,
     assert instance.my_init_kwargs["configuration"] == "2d"  # what checkpoints store as init_args
 
 
+def test_a_checkpoint_of_an_initialized_trainer_holds_and_restores_dca(nnunet_folders, tmp_path):
+    # nnUNetTrainer.initialize looks at the preprocessed folder's file type to pick its dataset class
+    data_folder = tmp_path / "nnUNet_preprocessed" / "Dataset999_Tiny" / "nnUNetPlans_2d"
+    data_folder.mkdir(parents=True)
+    (data_folder / "case.b2nd").touch()
+
+    def initialized_trainer():
+        trainer = nnUNetTrainerDCA_5epochs({**make_plans(), "continue_training": False}, "2d", 0, DATASET_JSON,
+                                           torch.device("cpu"))
+        trainer.initialize()
+        return trainer
+
+    trained = initialized_trainer()
+    with torch.no_grad():
+        trained.network.dca.output_convs[0].bias.fill_(0.5)  # a weight the fresh trainer does not have
+    trained.save_checkpoint(str(tmp_path / "checkpoint.pth"))
+    resumed = initialized_trainer()
+    resumed.load_checkpoint(str(tmp_path / "checkpoint.pth"))
+
+    expected, restored = trained.network.state_dict(), resumed.network.state_dict()
+    assert any(key.startswith("dca.") for key in restored)
+    assert all(torch.equal(restored[key], value) for key, value in expected.items())
+
+
 def test_nnunet_finds_the_trainers_on_nnunet_exttrainer(monkeypatch):
     monkeypatch.setenv("nnUNet_extTrainer", trainer_dir())
     found = recursive_find_trainer_class_by_name("nnUNetTrainerDCA_FullGrid")
