@@ -1,0 +1,104 @@
+"""Forward+backward time and peak memory of the DCA block: fused path, math path, naive formulation.
+
+Features [32, 64, 128, 256] on skips at strides 1, 2, 4, 8 (a U-Net's ladder: each stage a quarter of the pixels of
+the one above), the token grid the size of the deepest skip: 28 x 28 (784 tokens, the paper's 224 x 224 input),
+32 x 32 (1024) and 64 x 64 (4096). Each measurement runs in a fresh process, so peak memory is that of one step.
+
+    python benchmarks/dca_block.py [--batch 2] [--repeats 3] [--grids 28 32 64] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+FEATURES = [32, 64, 128, 256]
+STRIDES = [1, 2, 4, 8]
+IMPLEMENTATIONS = ["fused", "math", "naive"]
+
+
+def measure(implementation: str, grid: int, batch: int, repeats: int, device: str) -> dict:
+    """One forward+backward of one implementation: peak memory of the first step, median time of the next ones."""
+    import torch
+
+    from nnunet_dca import DCA
+    from nnunet_dca.naive import NaiveDCA
+
+    torch.manual_seed(0)
+    if implementation == "naive":
+        model = NaiveDCA(FEATURES, token_grid=grid)
+    else:
+        model = DCA(FEATURES, token_grid=grid, fused_attention=implementation == "fused")
+    model.to(device)
+    skips = [torch.randn(batch, c, grid * 8 // s, grid * 8 // s, device=device, requires_grad=True)
+             for c, s in zip(FEATURES, STRIDES)]
+
+    def step() -> None:
+        sum(o.square().mean() for o in model(skips)).backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        before = _resident_bytes()
+        step()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(times), "peak_bytes": peak, "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--grids", type=int, nargs="+", default=[28, 32, 64])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--child", nargs=2, metavar=("IMPLEMENTATION", "GRID"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child[0], int(args.child[1]), args.batch, args.repeats, args.device)))
+        return
+
+    rows = []
+    for grid in args.grids:
+        results = {}
+        for implementation in IMPLEMENTATIONS:
+            child = subprocess.run(
+                [sys.executable, __file__, "--child", implementation, str(grid), "--batch", str(args.batch),
+                 "--repeats", str(args.repeats), "--device", args.device],
+                check=True, capture_output=True, text=True)
+            results[implementation] = json.loads(child.stdout.strip().splitlines()[-1])
+        naive = results["naive"]
+        for implementation, result in results.items():
+            rows.append(f"| {grid * grid} ({grid} x {grid}) | {implementation} | {result['seconds']:.3f} | "
+                        f"{result['peak_bytes'] / 2**20:.0f} | {result['seconds'] / naive['seconds']:.2f} | "
+                        f"{result['peak_bytes'] / naive['peak_bytes']:.2f} |")
+    print(f"DCA block, features {FEATURES}, batch {args.batch}, forward+backward, median of {args.repeats}; "
+          f"{args.device}, torch {naive['torch']}, {naive['threads']} threads, {platform.processor() or platform.machine()}")
+    print("| tokens | path | time (s) | peak memory (MiB) | time / naive | memory / naive |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
