@@ -13,7 +13,9 @@ import stat
 import tempfile
 from typing import Any, Mapping
 
+import torch
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_dca.config import parse_dca_block
@@ -43,8 +45,9 @@ def add_dca_configuration(plans_file: str, source_configuration: str = "2d", nam
     The new configuration inherits from `source_configuration` and holds the full `architecture` block
     (nnU-Net's inheritance replaces top-level keys whole): network_class_name DCAUNetFromPlans, arch_kwargs =
     {'base_network_class_name': source class, **source arch_kwargs, 'dca': the validated dca block with every
-    default filled in, so a model folder keeps its settings if the defaults change}. No other configuration is
-    changed. The file is replaced atomically.
+    default filled in, so a model folder keeps its settings if the defaults change}. The network is built once
+    on the meta device first, so settings it cannot take fail here. No other configuration is changed. The file
+    is replaced atomically.
     """
     if not os.path.isfile(plans_file):
         raise FileNotFoundError(f"plans file {plans_file} does not exist; run nnUNetv2_plan_and_preprocess first")
@@ -65,20 +68,29 @@ def add_dca_configuration(plans_file: str, source_configuration: str = "2d", nam
     source = PlansManager(plans).get_configuration(source_configuration).configuration["architecture"]
     if source["network_class_name"] == DCA_NETWORK_CLASS_NAME:
         raise ValueError(f"configuration {source_configuration!r} already uses DCA; use a stock one as the source")
-    configurations[name] = {
-        "inherits_from": source_configuration,
-        "architecture": {
-            "network_class_name": DCA_NETWORK_CLASS_NAME,
-            "arch_kwargs": {
-                "base_network_class_name": source["network_class_name"],
-                **source["arch_kwargs"],
-                "dca": {"stages": stages, **dca_kwargs},
-            },
-            "_kw_requires_import": source["_kw_requires_import"],
+    architecture = {
+        "network_class_name": DCA_NETWORK_CLASS_NAME,
+        "arch_kwargs": {
+            "base_network_class_name": source["network_class_name"],
+            **source["arch_kwargs"],
+            "dca": {"stages": stages, **dca_kwargs},
         },
+        "_kw_requires_import": source["_kw_requires_import"],
     }
+    _check_builds(architecture)
+    configurations[name] = {"inherits_from": source_configuration, "architecture": architecture}
     _write_json_atomically(plans, plans_file)
     return name
+
+
+def _check_builds(architecture: dict) -> None:
+    # settings that fit only some networks (heads must divide each stage's channels, one value per stage) fail
+    # now rather than when training starts. The meta device allocates nothing: this takes milliseconds.
+    # The channel counts of the input and the output do not reach DCA, so any will do.
+    with torch.device("meta"):
+        get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
+                               architecture["_kw_requires_import"], input_channels=1, output_channels=2,
+                               allow_init=False)
 
 
 def _write_json_atomically(obj: Any, path: str) -> None:

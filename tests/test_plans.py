@@ -126,6 +126,17 @@ def test_the_dca_block_is_validated_before_the_file_is_touched(plans_file):
     assert open(plans_file).read() == before
 
 
+@pytest.mark.parametrize("dca, message", [
+    ({"spatial_heads": 3}, "spatial_heads=3 at stage 0 must divide"),
+    ({"channel_heads": [1, 1, 1, 1, 1]}, "channel_heads must be a positive int or one per skip"),
+])
+def test_settings_this_network_cannot_take_are_refused_before_writing(plans_file, dca, message):
+    before = open(plans_file).read()
+    with pytest.raises(ValueError, match=message):
+        add_dca_configuration(plans_file, dca=dca)
+    assert open(plans_file).read() == before
+
+
 def test_an_existing_configuration_is_replaced_only_when_asked(plans_file):
     add_dca_configuration(plans_file)
     before = open(plans_file).read()
