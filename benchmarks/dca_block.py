@@ -12,18 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from measure import peak_bytes, synchronize
 
 FEATURES = [32, 64, 128, 256]
 STRIDES = [1, 2, 4, 8]
 IMPLEMENTATIONS = ["fused", "math", "naive"]
 
 
-def measure(implementation: str, grid: int, batch: int, repeats: int, device: str) -> dict:
+def run_one(implementation: str, grid: int, batch: int, repeats: int, device: str) -> dict:
     """One forward+backward of one implementation: peak memory of the first step, median time of the next ones."""
     import torch
 
@@ -41,18 +42,9 @@ def measure(implementation: str, grid: int, batch: int, repeats: int, device: st
 
     def step() -> None:
         sum(o.square().mean() for o in model(skips)).backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
 
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step()
-        peak = torch.cuda.max_memory_allocated() - before
-    else:
-        before = _resident_bytes()
-        step()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    peak = peak_bytes(step, device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -60,11 +52,6 @@ def measure(implementation: str, grid: int, batch: int, repeats: int, device: st
         times.append(time.perf_counter() - start)
     return {"seconds": statistics.median(times), "peak_bytes": peak, "torch": torch.__version__,
             "threads": torch.get_num_threads()}
-
-
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
 
 
 def main() -> None:
@@ -76,7 +63,7 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, metavar=("IMPLEMENTATION", "GRID"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child[0], int(args.child[1]), args.batch, args.repeats, args.device)))
+        print(json.dumps(run_one(args.child[0], int(args.child[1]), args.batch, args.repeats, args.device)))
         return
 
     rows = []

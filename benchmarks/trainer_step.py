@@ -1,0 +1,159 @@
+"""One nnU-Net training step, stock U-Net against DCA U-Net built from the same plans: time and peak memory ratios.
+
+Each network comes from its trainer's own builder (`nnUNetTrainer.build_network_architecture` and
+`nnUNetTrainerDCA[_FullGrid].build_network_architecture`, one PlansManager). A step is nnU-Net's: forward with deep
+supervision, a cross-entropy on every output, backward. Steps of the two networks alternate in one process; the
+table gives median times and the median of the per-pair ratios. Peak memory is measured for each network in a
+fresh process (CPU: rise of the resident set; CUDA: the allocator's peak).
+
+    python benchmarks/trainer_step.py [--configs 2d_256 2d_512 2d_512_fullgrid 3d_128] [--repeats 5]
+                                      [--device cpu|cuda] [--amp] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from measure import peak_bytes, synchronize
+from nnunet_dca.trainers.nnUNetTrainerDCA import nnUNetTrainerDCA, nnUNetTrainerDCA_FullGrid
+
+NUM_CLASSES = 3
+
+
+def ct_configuration(patch_size: list[int], n_stages: int, max_features: int) -> dict:
+    """A plain U-Net configuration as nnUNetv2_plan_and_preprocess writes it for CT (3x3 convs, 2 per stage)."""
+    dims = len(patch_size)
+    return {
+        "data_identifier": "benchmark", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+        "patch_size": patch_size, "median_image_size_in_voxels": patch_size, "spacing": [1.0] * dims,
+        "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {}, "resampling_fn_seg_kwargs": {}, "resampling_fn_probabilities":
+            "resample_data_or_seg_to_shape", "resampling_fn_probabilities_kwargs": {}, "batch_dice": True,
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {
+                "n_stages": n_stages,
+                "features_per_stage": [min(32 * 2 ** i, max_features) for i in range(n_stages)],
+                "conv_op": f"torch.nn.modules.conv.Conv{dims}d",
+                "kernel_sizes": [[3] * dims] * n_stages,
+                "strides": [[1] * dims] + [[2] * dims] * (n_stages - 1),
+                "n_conv_per_stage": [2] * n_stages,
+                "n_conv_per_stage_decoder": [2] * (n_stages - 1),
+                "conv_bias": True,
+                "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dims}d",
+                "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+                "dropout_op": None, "dropout_op_kwargs": None,
+                "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+            },
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+        },
+    }
+
+
+# name: (configuration, the DCA trainer)
+CONFIGS = {
+    "2d_256": (ct_configuration([256, 256], 7, 512), nnUNetTrainerDCA),
+    "2d_512": (ct_configuration([512, 512], 8, 512), nnUNetTrainerDCA),
+    "2d_512_fullgrid": (ct_configuration([512, 512], 8, 512), nnUNetTrainerDCA_FullGrid),
+    "3d_128": (ct_configuration([128, 128, 128], 6, 320), nnUNetTrainerDCA),
+}
+
+
+def build(config: str, network: str, device: str) -> torch.nn.Module:
+    configuration, dca_trainer = CONFIGS[config]
+    plans = PlansManager({"dataset_name": "Dataset999_Benchmark", "plans_name": "nnUNetPlans",
+                          "configurations": {config: configuration}})
+    trainer = nnUNetTrainer if network == "stock" else dca_trainer
+    torch.manual_seed(0)
+    return trainer.build_network_architecture(plans, plans.get_configuration(config), 1, NUM_CLASSES, True).to(device)
+
+
+def training_step(config: str, network: torch.nn.Module, device: str, amp: bool) -> Callable[[], None]:
+    configuration = CONFIGS[config][0]
+    patch_size, batch = configuration["patch_size"], configuration["batch_size"]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 1, *patch_size, generator=generator).to(device)
+    with torch.no_grad():
+        shapes = [o.shape[2:] for o in network(x)]
+    targets = [torch.randint(NUM_CLASSES, (batch, *shape), generator=generator).to(device) for shape in shapes]
+    amp_dtype = torch.float16 if device == "cuda" else torch.bfloat16
+
+    def step() -> None:
+        with torch.autocast(device, dtype=amp_dtype, enabled=amp):
+            loss = sum(F.cross_entropy(o, t) for o, t in zip(network(x), targets))
+        loss.backward()
+        network.zero_grad(set_to_none=True)
+        synchronize(device)
+
+    return step
+
+
+def timed(step: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--amp", action="store_true", help="autocast: float16 on CUDA, bfloat16 on CPU")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both networks, as nnU-Net on GPU")
+    parser.add_argument("--child-memory", nargs=2, metavar=("CONFIG", "NETWORK"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child_memory:
+        config, network = args.child_memory
+        model = build(config, network, args.device)
+        step = training_step(config, torch.compile(model) if args.compile else model, args.device, args.amp)
+        print(json.dumps({"peak_bytes": peak_bytes(step, args.device)}))
+        return
+
+    flags = [f for f, on in (("--amp", args.amp), ("--compile", args.compile)) if on]
+    rows = []
+    for config in args.configs:
+        steps = {}
+        for network in ("stock", "dca"):
+            model = build(config, network, args.device)
+            steps[network] = training_step(config, torch.compile(model) if args.compile else model, args.device,
+                                           args.amp)
+            steps[network]()  # warm-up (and compilation)
+        times = {"stock": [], "dca": []}
+        for _ in range(args.repeats):
+            for network in ("stock", "dca"):
+                times[network].append(timed(steps[network]))
+        ratio = statistics.median(d / s for d, s in zip(times["dca"], times["stock"]))
+        peaks = {}
+        for network in ("stock", "dca"):
+            child = subprocess.run([sys.executable, __file__, "--child-memory", config, network,
+                                    "--device", args.device, *flags], check=True, capture_output=True, text=True)
+            peaks[network] = json.loads(child.stdout.strip().splitlines()[-1])["peak_bytes"]
+        rows.append(f"| {config} | {statistics.median(times['stock']):.2f} | {statistics.median(times['dca']):.2f} | "
+                    f"{ratio:.3f} | {peaks['stock'] / 2**20:.0f} | {peaks['dca'] / 2**20:.0f} | "
+                    f"{peaks['dca'] / peaks['stock']:.3f} |")
+        del steps
+    print(f"Training step (batch 2, deep supervision, backward), median of {args.repeats} alternated runs; "
+          f"{args.device}{' ' + ' '.join(flags) if flags else ''}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {platform.machine()}")
+    print("| config | stock (s) | DCA (s) | time DCA / stock | stock peak (MiB) | DCA peak (MiB) | memory DCA / stock |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
