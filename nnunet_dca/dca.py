@@ -229,7 +229,9 @@ class DCA(nn.Module):
         if refined.shape[2:] != skip.shape[2:]:
             refined = F.interpolate(refined, size=skip.shape[2:], mode=INTERPOLATION[self.spatial_dims],
                                     align_corners=True)
-        return torch.relu(norm(skip + refined))
+        # in place where autograd allows (neither op's backward reads the overwritten output): at skip resolution
+        # every allocation costs as much as the arithmetic
+        return torch.relu_(norm(refined.add_(skip)))
 
     def _check_inputs(self, skips: Sequence[torch.Tensor]) -> None:
         if len(skips) != len(self.features):
