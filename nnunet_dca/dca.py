@@ -222,7 +222,9 @@ class DCA(nn.Module):
     def _back_to_skip(self, tokens: torch.Tensor, skip: torch.Tensor, grid: tuple[int, ...], conv: nn.Module,
                       norm: nn.Module) -> torch.Tensor:
         batch, _, channels = tokens.shape
-        tokens = tokens.transpose(1, 2).reshape(batch, channels, *grid)
+        # contiguous: a reshaped transpose would be a channels-last view, and that layout would follow the
+        # refined skip into the decoder, whose convolutions then run on slower paths
+        tokens = tokens.transpose(1, 2).contiguous().view(batch, channels, *grid)
         # The paper upsamples, then applies the 1x1 conv. Both are linear and interpolation weights sum to one,
         # so they commute exactly; the conv at token resolution costs a fraction of the conv at skip resolution.
         refined = conv(tokens)
