@@ -72,8 +72,8 @@ def _image(array: np.ndarray, origin: tuple[float, float, float]) -> sitk.Image:
     return image
 
 
-def write_msd_task(parent: Path, task_id: int = 101, name: str = "Blobs", num_training: int = 16,
-                   num_test: int = 4, shape: tuple[int, int, int] = (16, 64, 56), seed: int = 0) -> SyntheticTask:
+def write_msd_task(parent: Path, task_id: int = 101, name: str = "Blobs", num_training: int = 12,
+                   num_test: int = 4, shape: tuple[int, int, int] = (10, 56, 48), seed: int = 0) -> SyntheticTask:
     """Writes `parent/TaskXXX_Name` in the Decathlon layout and returns where it is.
 
     `shape` is the typical (z, y, x) size of a case; each case varies by up to 15% per axis, and each has

@@ -1,0 +1,228 @@
+"""The `nnunet-dca` command: trainer-dir, doctor, add-config and demo.
+
+Training, prediction and everything else stay nnU-Net's own commands (`nnUNetv2_*`); this command only
+helps to set them up. User errors go to stderr with exit code 2, failed doctor checks exit with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import importlib.metadata
+import inspect
+import io
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from nnunet_dca.config import DEFAULTS
+from nnunet_dca.demo import DEFAULT_ITERATIONS, DemoError, run_demo
+from nnunet_dca.trainers import trainer_dir
+
+MIN_NNUNET = (2, 8)  # nnUNet_extTrainer, the external trainer search path, exists from 2.8 on
+NNUNET_PATHS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+EXPORT_LINE = 'export nnUNet_extTrainer="$(nnunet-dca trainer-dir --export)"'
+
+
+class UsageError(Exception):
+    """A mistake the user fixes by changing the command or the set-up; printed without a traceback."""
+
+
+def ext_trainer_value(current: str | None) -> str:
+    """nnUNet_extTrainer with the trainer folder first and every folder the user already had kept."""
+    folders = [f for f in (current or "").split(os.pathsep) if f]
+    folders = [f for f in folders if not _same_folder(f, trainer_dir())]
+    return os.pathsep.join([trainer_dir(), *folders])
+
+
+def _same_folder(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def cmd_trainer_dir(args: argparse.Namespace) -> int:
+    print(ext_trainer_value(os.environ.get("nnUNet_extTrainer")) if args.export else trainer_dir())
+    return 0
+
+
+# doctor: each check returns (passed, what was found or what to fix)
+
+def _check_nnunet_version() -> tuple[bool, str]:
+    try:
+        version = importlib.metadata.version("nnunetv2")
+    except importlib.metadata.PackageNotFoundError:
+        return False, "nnunetv2 is not installed: pip install 'nnunetv2>=2.8'"
+    required = ".".join(map(str, MIN_NNUNET))
+    if tuple(int(part) for part in re.findall(r"\d+", version)[:2]) < MIN_NNUNET:
+        return False, f"nnunetv2 {version} is older than {required} (no nnUNet_extTrainer): pip install -U 'nnunetv2>={required}'"
+    return True, f"nnunetv2 {version} (>= {required})"
+
+
+def _check_nnunet_path(variable: str) -> tuple[bool, str]:
+    value = os.environ.get(variable)
+    if not value:
+        return False, f"{variable} is not set: export {variable}=/path/to/{variable} (nnU-Net's documentation/setting_up_paths.md)"
+    if not os.path.isdir(value):
+        return False, f"{variable}={value} is not a folder: create it (mkdir -p {value}) or point {variable} at yours"
+    return True, f"{variable}={value}"
+
+
+def _check_ext_trainer() -> tuple[bool, str]:
+    value = os.environ.get("nnUNet_extTrainer")
+    if not value:
+        return False, f"nnUNet_extTrainer is not set: {EXPORT_LINE}"
+    if not any(_same_folder(f, trainer_dir()) for f in value.split(os.pathsep) if f):
+        return False, f"nnUNet_extTrainer={value} lacks {trainer_dir()}: {EXPORT_LINE}"
+    return True, f"nnUNet_extTrainer holds {trainer_dir()}"
+
+
+def _check_trainer_found() -> tuple[bool, str]:
+    try:
+        # imported here: nnU-Net takes seconds to import, and only this check needs it
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+        with contextlib.redirect_stdout(io.StringIO()):  # the finder narrates its search
+            trainer = recursive_find_trainer_class_by_name("nnUNetTrainerDCA")
+    except Exception as e:  # the finder raises RuntimeError when not found, and any import error of a trainer
+        return False, f"nnU-Net's trainer finder fails: {type(e).__name__}: {e}"
+    found = os.path.dirname(inspect.getfile(trainer))
+    if not _same_folder(found, trainer_dir()):
+        return False, (f"nnU-Net finds nnUNetTrainerDCA in {found}, not in this package's {trainer_dir()}: "
+                       f"remove that copy (nnU-Net searches its own trainers first, then nnUNet_extTrainer in order)")
+    return True, f"nnU-Net's finder loads nnUNetTrainerDCA from {found}"
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    checks: list[Callable[[], tuple[bool, str]]] = [
+        _check_nnunet_version,
+        *(functools.partial(_check_nnunet_path, variable) for variable in NNUNET_PATHS),
+        _check_ext_trainer,
+        _check_trainer_found,
+    ]
+    results = [check() for check in checks]
+    for passed, message in results:
+        print(f"{'OK  ' if passed else 'FAIL'} {message}")
+    return 0 if all(passed for passed, _ in results) else 1
+
+
+# add-config
+
+def _max_tokens(value: str) -> int | None:
+    if value.lower() == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'none' (uncapped), got {value!r}")
+
+
+def _int_or_list(values: list[int]) -> int | list[int]:
+    return values[0] if len(values) == 1 else values
+
+
+def cmd_add_config(args: argparse.Namespace) -> int:
+    # imported here: nnU-Net takes seconds to import, and the other commands need none of it
+    from nnunet_dca.plans import add_dca_configuration, find_plans_file
+
+    # only the options given reach the block; add_dca_configuration fills in the defaults
+    dca = {key: value for key, value in vars(args).items() if key in DEFAULTS}
+    for key in ("token_grid", "channel_heads", "spatial_heads"):
+        if key in dca:
+            dca[key] = _int_or_list(dca[key])
+    try:
+        plans_file = find_plans_file(args.dataset, args.plans)
+        name = add_dca_configuration(plans_file, args.configuration, args.name, dca, args.overwrite)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise UsageError(str(e)) from e
+    written = json.loads(Path(plans_file).read_text())["configurations"][name]
+    plans_option = "" if args.plans == "nnUNetPlans" else f" -p {args.plans}"
+    print(f"Added configuration '{name}' to {plans_file}:")
+    print(f"  inherits '{args.configuration}' (its preprocessed data, no new preprocessing), "
+          f"network {written['architecture']['network_class_name']}")
+    print(f"  dca {json.dumps(written['architecture']['arch_kwargs']['dca'])}")
+    print("Train it with the stock trainer (no nnUNet_extTrainer needed):")
+    print(f"  nnUNetv2_train {args.dataset} {name} 0{plans_option}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        run_demo(Path(args.out), args.device, args.iterations)
+    except DemoError as e:
+        raise UsageError(str(e)) from e
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnunet-dca", description="Dual Cross-Attention skip connections for nnU-Net v2: set-up helpers.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    trainer_dir_parser = commands.add_parser(
+        "trainer-dir", help="print the folder to put on nnUNet_extTrainer",
+        description=f"Print the folder holding nnUNetTrainerDCA and its variants. Set it up with: {EXPORT_LINE}")
+    trainer_dir_parser.add_argument(
+        "--export", action="store_true",
+        help="print the whole nnUNet_extTrainer value: this folder first, then the folders already set")
+    trainer_dir_parser.set_defaults(func=cmd_trainer_dir)
+
+    commands.add_parser(
+        "doctor", help="check the nnU-Net set-up (version, paths, trainer discovery)",
+        description="Check nnunetv2's version, nnUNet_raw/_preprocessed/_results, nnUNet_extTrainer and that "
+                    "nnU-Net's own finder loads nnUNetTrainerDCA. Exits with 1 if a check fails.",
+    ).set_defaults(func=cmd_doctor)
+
+    add_config = commands.add_parser(
+        "add-config", help="add a DCA configuration to a plans file (the plans-only route)",
+        description="Add a configuration to DATASET's plans that inherits from -c (same preprocessed data) and "
+                    "builds the DCA U-Net, so the stock nnUNetTrainer trains DCA. Existing configurations are "
+                    "never changed. DCA options left out keep the paper's defaults.")
+    add_config.add_argument("dataset", metavar="DATASET", help="dataset id or name, e.g. 4 or Dataset004_Hippocampus")
+    add_config.add_argument("-c", dest="configuration", default="2d", help="source configuration (default: 2d)")
+    add_config.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    add_config.add_argument("--name", default=None, help="name of the new configuration (default: SOURCE_dca)")
+    add_config.add_argument("--overwrite", action="store_true", help="replace a configuration of the same name")
+    dca = add_config.add_argument_group("DCA settings (the plans' dca block)")
+    # SUPPRESS: an option left out does not appear in the namespace, so the block holds only what was asked
+    dca.add_argument("--stages", type=int, default=argparse.SUPPRESS,
+                     help=f"encoder skips DCA refines (default {DEFAULTS['stages']}, fewer if the network has fewer)")
+    dca.add_argument("--token-grid", dest="token_grid", type=int, nargs="+", default=argparse.SUPPRESS,
+                     help="token grid: one size for every axis or one per axis (default: the paper's rule)")
+    dca.add_argument("--max-tokens", dest="max_tokens", type=_max_tokens, default=argparse.SUPPRESS,
+                     help=f"cap on the number of tokens, or 'none' (default {DEFAULTS['max_tokens']})")
+    dca.add_argument("--n-blocks", dest="n_blocks", type=int, default=argparse.SUPPRESS,
+                     help=f"DCA blocks (default {DEFAULTS['n_blocks']})")
+    dca.add_argument("--channel-heads", dest="channel_heads", type=int, nargs="+", default=argparse.SUPPRESS,
+                     help=f"channel attention heads, one value or one per stage (default {DEFAULTS['channel_heads']})")
+    dca.add_argument("--spatial-heads", dest="spatial_heads", type=int, nargs="+", default=argparse.SUPPRESS,
+                     help=f"spatial attention heads, one value or one per stage (default {DEFAULTS['spatial_heads']})")
+    dca.add_argument("--no-channel-attention", dest="channel_attention", action="store_false",
+                     default=argparse.SUPPRESS, help="ablation: spatial cross-attention only")
+    dca.add_argument("--no-spatial-attention", dest="spatial_attention", action="store_false",
+                     default=argparse.SUPPRESS, help="ablation: channel cross-attention only")
+    add_config.set_defaults(func=cmd_add_config)
+
+    demo = commands.add_parser(
+        "demo", help="train and evaluate DCA on a synthetic MSD task with nnU-Net's own commands",
+        description="Write a small MSD-style task, then run nnU-Net's convert, plan and preprocess, train "
+                    "(nnUNetTrainerDCA), predict and evaluate on it, and print the Dice per label.")
+    demo.add_argument("--out", default="nnunet_dca_demo",
+                      help="a new or empty folder for everything the demo writes (default: ./nnunet_dca_demo)")
+    demo.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device for training and prediction")
+    demo.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
+                      help=f"training iterations (one epoch; default {DEFAULT_ITERATIONS})")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `nnunet-dca` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"nnunet-dca {args.command}: error: {e}", file=sys.stderr)
+        return 2
