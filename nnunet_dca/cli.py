@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import functools
 import importlib.metadata
-import inspect
 import io
 import json
 import os
@@ -87,11 +86,21 @@ def _check_trainer_found() -> tuple[bool, str]:
             trainer = recursive_find_trainer_class_by_name("nnUNetTrainerDCA")
     except Exception as e:  # the finder raises RuntimeError when not found, and any import error of a trainer
         return False, f"nnU-Net's trainer finder fails: {type(e).__name__}: {e}"
-    found = os.path.dirname(inspect.getfile(trainer))
+    found = os.path.dirname(_defining_file(trainer) or "an unknown file")
     if not _same_folder(found, trainer_dir()):
         return False, (f"nnU-Net finds nnUNetTrainerDCA in {found}, not in this package's {trainer_dir()}: "
                        f"remove that copy (nnU-Net searches its own trainers first, then nnUNet_extTrainer in order)")
     return True, f"nnU-Net's finder loads nnUNetTrainerDCA from {found}"
+
+
+def _defining_file(cls: type) -> str | None:
+    # nnU-Net's finder unloads the modules it imported from nnUNet_extTrainer, so inspect.getfile(cls), which
+    # looks the module up, fails; the code of a method the class defines still names its file
+    for value in vars(cls).values():
+        code = getattr(getattr(value, "__func__", value), "__code__", None)
+        if code is not None:
+            return code.co_filename
+    return None
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
