@@ -2,7 +2,7 @@
 
 Features [32, 64, 128, 256] on skips at strides 1, 2, 4, 8 (a U-Net's ladder: each stage a quarter of the pixels of
 the one above), the token grid the size of the deepest skip: 28 x 28 (784 tokens, the paper's 224 x 224 input),
-32 x 32 (1024) and 64 x 64 (4096). Each measurement runs in a fresh process, so peak memory is that of one step.
+32 x 32 (1024) and 64 x 64 (4096).
 
     python benchmarks/dca_block.py [--batch 2] [--repeats 3] [--grids 28 32 64] [--device cpu]
 """
@@ -10,14 +10,15 @@ the one above), the token grid the size of the deepest skip: 28 x 28 (784 tokens
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
-import subprocess
-import sys
 import time
 
+import torch
+
 from measure import peak_bytes, synchronize
+from nnunet_dca import DCA
+from nnunet_dca.naive import NaiveDCA
 
 FEATURES = [32, 64, 128, 256]
 STRIDES = [1, 2, 4, 8]
@@ -25,12 +26,7 @@ IMPLEMENTATIONS = ["fused", "math", "naive"]
 
 
 def run_one(implementation: str, grid: int, batch: int, repeats: int, device: str) -> dict:
-    """One forward+backward of one implementation: peak memory of the first step, median time of the next ones."""
-    import torch
-
-    from nnunet_dca import DCA
-    from nnunet_dca.naive import NaiveDCA
-
+    """Forward+backward of one implementation: peak memory of one step, median time of the next ones."""
     torch.manual_seed(0)
     if implementation == "naive":
         model = NaiveDCA(FEATURES, token_grid=grid)
@@ -50,8 +46,7 @@ def run_one(implementation: str, grid: int, batch: int, repeats: int, device: st
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "peak_bytes": peak, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+    return {"seconds": statistics.median(times), "peak_bytes": peak}
 
 
 def main() -> None:
@@ -60,28 +55,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--grids", type=int, nargs="+", default=[28, 32, 64])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--child", nargs=2, metavar=("IMPLEMENTATION", "GRID"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(run_one(args.child[0], int(args.child[1]), args.batch, args.repeats, args.device)))
-        return
 
     rows = []
     for grid in args.grids:
-        results = {}
-        for implementation in IMPLEMENTATIONS:
-            child = subprocess.run(
-                [sys.executable, __file__, "--child", implementation, str(grid), "--batch", str(args.batch),
-                 "--repeats", str(args.repeats), "--device", args.device],
-                check=True, capture_output=True, text=True)
-            results[implementation] = json.loads(child.stdout.strip().splitlines()[-1])
+        results = {implementation: run_one(implementation, grid, args.batch, args.repeats, args.device)
+                   for implementation in IMPLEMENTATIONS}
         naive = results["naive"]
         for implementation, result in results.items():
             rows.append(f"| {grid * grid} ({grid} x {grid}) | {implementation} | {result['seconds']:.3f} | "
                         f"{result['peak_bytes'] / 2**20:.0f} | {result['seconds'] / naive['seconds']:.2f} | "
                         f"{result['peak_bytes'] / naive['peak_bytes']:.2f} |")
     print(f"DCA block, features {FEATURES}, batch {args.batch}, forward+backward, median of {args.repeats}; "
-          f"{args.device}, torch {naive['torch']}, {naive['threads']} threads, {platform.processor() or platform.machine()}")
+          f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
     print("| tokens | path | time (s) | peak memory (MiB) | time / naive | memory / naive |")
     print("| --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))

@@ -1,8 +1,7 @@
-"""Timing and peak memory for the benchmarks: CPU peak from the process's resident set, CUDA from the allocator."""
+"""Peak memory for the benchmarks: the most bytes the step's own allocations hold at any moment."""
 
 from __future__ import annotations
 
-import resource
 from typing import Callable
 
 import torch
@@ -14,10 +13,10 @@ def synchronize(device: str) -> None:
 
 
 def peak_bytes(step: Callable[[], object], device: str) -> int:
-    """Memory one call of `step` needs above what is allocated before it.
+    """The peak, during one call of `step`, of the bytes allocated since it started.
 
-    CPU: the rise of the process's peak resident set, so call this first in a fresh process, before anything has
-    pushed the peak higher. CUDA: the allocator's peak.
+    CUDA: the caching allocator's peak statistics. CPU has no such statistics, so the profiler records every
+    allocation and free of the call, and the peak of their running sum is taken.
     """
     if device == "cuda":
         torch.cuda.synchronize()
@@ -26,7 +25,12 @@ def peak_bytes(step: Callable[[], object], device: str) -> int:
         step()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
-    with open("/proc/self/statm") as statm:
-        before = int(statm.read().split()[1]) * resource.getpagesize()
-    step()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile:
+        step()
+    allocations = sorted((event.start_ns(), event.nbytes()) for event in profile.profiler.kineto_results.events()
+                         if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU)
+    held = peak = 0
+    for _, nbytes in allocations:
+        held += nbytes
+        peak = max(peak, held)
+    return peak

@@ -3,8 +3,7 @@
 Each network comes from its trainer's own builder (`nnUNetTrainer.build_network_architecture` and
 `nnUNetTrainerDCA[_FullGrid].build_network_architecture`, one PlansManager). A step is nnU-Net's: forward with deep
 supervision, a cross-entropy on every output, backward. Steps of the two networks alternate in one process; the
-table gives median times and the median of the per-pair ratios. Peak memory is measured for each network in a
-fresh process (CPU: rise of the resident set; CUDA: the allocator's peak).
+table gives median times and the median of the per-pair ratios, and the peak memory of one step of each.
 
     python benchmarks/trainer_step.py [--configs 2d_256 2d_512 2d_512_fullgrid 3d_128] [--repeats 5]
                                       [--device cpu|cuda] [--amp] [--compile]
@@ -13,11 +12,8 @@ fresh process (CPU: rise of the resident set; CUDA: the allocator's peak).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from typing import Callable
 
@@ -71,15 +67,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--amp", action="store_true", help="autocast: float16 on CUDA, bfloat16 on CPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile both networks, as nnU-Net on GPU")
-    parser.add_argument("--child-memory", nargs=2, metavar=("CONFIG", "NETWORK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    if args.child_memory:
-        config, network = args.child_memory
-        model = build(config, network, args.device)
-        step = training_step(config, torch.compile(model) if args.compile else model, args.device, args.amp)
-        print(json.dumps({"peak_bytes": peak_bytes(step, args.device)}))
-        return
 
     flags = [f for f, on in (("--amp", args.amp), ("--compile", args.compile)) if on]
     rows = []
@@ -95,11 +83,7 @@ def main() -> None:
             for network in ("stock", "dca"):
                 times[network].append(timed(steps[network]))
         ratio = statistics.median(d / s for d, s in zip(times["dca"], times["stock"]))
-        peaks = {}
-        for network in ("stock", "dca"):
-            child = subprocess.run([sys.executable, __file__, "--child-memory", config, network,
-                                    "--device", args.device, *flags], check=True, capture_output=True, text=True)
-            peaks[network] = json.loads(child.stdout.strip().splitlines()[-1])["peak_bytes"]
+        peaks = {network: peak_bytes(step, args.device) for network, step in steps.items()}
         rows.append(f"| {config} | {statistics.median(times['stock']):.2f} | {statistics.median(times['dca']):.2f} | "
                     f"{ratio:.3f} | {peaks['stock'] / 2**20:.0f} | {peaks['dca'] / 2**20:.0f} | "
                     f"{peaks['dca'] / peaks['stock']:.3f} |")

@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 BATCH_NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -228,12 +229,15 @@ class DCA(nn.Module):
         # The paper upsamples, then applies the 1x1 conv. Both are linear and interpolation weights sum to one,
         # so they commute exactly; the conv at token resolution costs a fraction of the conv at skip resolution.
         refined = conv(tokens)
-        if refined.shape[2:] != skip.shape[2:]:
-            refined = F.interpolate(refined, size=skip.shape[2:], mode=INTERPOLATION[self.spatial_dims],
-                                    align_corners=True)
-        # in place where autograd allows (neither op's backward reads the overwritten output): at skip resolution
-        # every allocation costs as much as the arithmetic
-        return torch.relu_(norm(refined.add_(skip)))
+        if not self.training:
+            return torch.relu_(norm(_upsample_onto(refined, skip)))
+        # Training: the skip-resolution tail is recomputed in backward instead of keeping its two skip-sized
+        # activations (the sum and the ReLU output); its inputs, the skip and the token-resolution map, are kept
+        # alive by the encoder and by this function anyway.
+        out, mean, inverse_std = checkpoint(_normalize_batch_and_relu, skip, refined, norm.weight, norm.bias,
+                                            norm.eps, use_reentrant=False)
+        _update_running_stats(norm, mean, inverse_std, count=skip.numel() // channels)
+        return out
 
     def _check_inputs(self, skips: Sequence[torch.Tensor]) -> None:
         if len(skips) != len(self.features):
@@ -269,6 +273,42 @@ def capped_grid(size: tuple[int, ...], max_tokens: int | None) -> tuple[int, ...
             grid[a] = 1
             shrinking.remove(a)
     return tuple(grid)
+
+
+def _upsample_onto(refined: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """skip + refined upsampled to the skip's size (bilinear or trilinear, align_corners=True)."""
+    if refined.shape[2:] == skip.shape[2:]:
+        return refined + skip
+    upsampled = F.interpolate(refined, size=skip.shape[2:], mode=INTERPOLATION[skip.dim() - 2], align_corners=True)
+    # in place on the fresh upsampled map only (never on an input): the interpolation's backward does not read its
+    # output, and at skip resolution an allocation costs as much as the addition
+    return upsampled.add_(skip)
+
+
+def _normalize_batch_and_relu(skip: torch.Tensor, refined: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                              eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ReLU(BatchNorm(skip + upsampled refined)) with batch statistics, without touching running statistics.
+
+    Returns the output and the batch's per-channel mean and inverse standard deviation (float32, as BatchNorm
+    keeps them under autocast), from which the caller updates the running statistics once.
+    """
+    # the op under F.batch_norm, which also returns the statistics it computed
+    out, mean, inverse_std = torch.native_batch_norm(_upsample_onto(refined, skip), weight, bias, None, None,
+                                                     True, 0.0, eps)
+    return torch.relu_(out), mean, inverse_std
+
+
+def _update_running_stats(norm: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, inverse_std: torch.Tensor,
+                          count: int) -> None:
+    """BatchNorm's update of its running statistics from one batch's statistics over `count` values per channel."""
+    if count < 2:
+        raise ValueError("DCA's BatchNorm needs more than one value per channel in training "
+                         f"(got batch size x skip size = {count}); use a larger batch or patch")
+    with torch.no_grad():
+        biased_var = inverse_std.pow(-2) - norm.eps
+        norm.running_mean.lerp_(mean, norm.momentum)
+        norm.running_var.lerp_(biased_var * (count / (count - 1)), norm.momentum)
+        norm.num_batches_tracked.add_(1)
 
 
 def _pool_to_tokens(x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:

@@ -59,6 +59,22 @@ def test_paper_configuration_equals_naive_formulation(fused, train):
     assert_lists_close(dca(skips), naive(skips))
 
 
+def test_training_updates_running_statistics_as_batch_norm_does():
+    torch.manual_seed(0)
+    features = [8, 16, 32]
+    naive = NaiveDCA(features, token_grid=(6, 5)).train()
+    dca = dca_matching(naive, token_grid=(6, 5)).train()
+    for _ in range(3):
+        skips = skips_for(features, ladder((37, 29), 3))
+        assert_lists_close(dca(skips), naive(skips))
+    for name, buffer in state_dict_from_reference(naive.state_dict()).items():
+        if "running" in name or "num_batches" in name:
+            torch.testing.assert_close(dca.state_dict()[name], buffer, atol=1e-5, rtol=1e-5)
+    dca.eval(), naive.eval()
+    skips = skips_for(features, ladder((37, 29), 3))
+    assert_lists_close(dca(skips), naive(skips))
+
+
 @pytest.mark.parametrize("options", [
     dict(n_blocks=2),
     dict(channel_heads=2, spatial_heads=8),
