@@ -2,7 +2,12 @@
 
 import json
 import os
+import subprocess
+import sys
+import sysconfig
 import textwrap
+import venv
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +65,24 @@ def test_export_puts_the_trainer_dir_first_and_keeps_the_users_folders(monkeypat
 
 def test_the_console_script_is_installed_in_this_environment():
     assert run(["nnunet-dca", "trainer-dir"]).strip() == trainer_dir()
+
+
+@pytest.mark.e2e
+def test_a_wheel_of_the_repo_ships_the_trainers_and_serves_trainer_dir(tmp_path):
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", tmp_path / "wheel", Path(__file__).parents[1]], check=True)
+    venv.create(tmp_path / "venv")
+    python = tmp_path / "venv" / "bin" / "python"
+    subprocess.run([*pip, "--python", python, "install", "--no-deps", *(tmp_path / "wheel").glob("*.whl")], check=True)
+    # the dependencies (torch, nnunetv2) from this environment; a path added by a .pth file is not itself scanned
+    # for .pth files, so this environment's editable install of the package stays out
+    site_packages = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                        check=True, capture_output=True, text=True).stdout.strip())
+    (site_packages / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"])
+    printed = subprocess.run([python.parent / "nnunet-dca", "trainer-dir"], check=True, capture_output=True,
+                             text=True).stdout.strip()
+    assert Path(printed) == site_packages / "nnunet_dca" / "trainers"
+    assert (Path(printed) / "nnUNetTrainerDCA.py").is_file()
 
 
 # doctor
