@@ -94,11 +94,16 @@ class ChannelCrossAttention(nn.Module):
 
     def forward(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         q = split_heads(self.query(tokens), self.heads)  # (B, h, N, C_i/h)
-        k = split_heads(self.key(context), self.heads)  # (B, h, N, C_sum/h)
-        v = split_heads(self.value(context), self.heads)
-        # channels are the attended axis: attention is (B, h, C_i/h, C_sum/h), and out = (attention v^T)^T
-        attention = torch.softmax(q.transpose(-2, -1) @ k * self.scale, dim=-1)
-        return self.out(merge_heads(v @ attention.transpose(-2, -1)))
+        c = split_heads(context, self.heads)  # (B, h, N, C_sum/h)
+        key_weight, key_bias, value_weight, value_bias = (
+            p.view(self.heads, 1, -1) for p in (self.key.weight, self.key.bias, self.value.weight, self.value.bias))
+        # Channels are the attended axis. K = c w_k + b_k and V = c w_v + b_v scale the context per channel, so the
+        # scaling moves onto the small C_i/h x C_sum/h matrices instead of two N x C_sum tensors per stage (exact):
+        #   Q^T K = (Q^T c) w_k + (sum_n Q)^T b_k,    out = V A^T = c (A w_v)^T + (A b_v^T)^T
+        scores = (q.transpose(-2, -1) @ c) * key_weight + q.sum(dim=-2).unsqueeze(-1) * key_bias
+        attention = torch.softmax(scores * self.scale, dim=-1)  # (B, h, C_i/h, C_sum/h)
+        out = c @ (attention * value_weight).transpose(-2, -1) + (attention @ value_bias.transpose(-2, -1)).transpose(-2, -1)
+        return self.out(merge_heads(out))
 
 
 class SpatialCrossAttention(nn.Module):
