@@ -33,8 +33,7 @@ class UsageError(Exception):
 
 def ext_trainer_value(current: str | None) -> str:
     """nnUNet_extTrainer with the trainer folder first and every folder the user already had kept."""
-    folders = [f for f in (current or "").split(os.pathsep) if f]
-    folders = [f for f in folders if not _same_folder(f, trainer_dir())]
+    folders = [f for f in (current or "").split(os.pathsep) if f and not _same_folder(f, trainer_dir())]
     return os.pathsep.join([trainer_dir(), *folders])
 
 

@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from nnunet_dca.msd import LABELS, write_msd_task
+from nnunet_dca.msd import LABELS, SyntheticTask, write_msd_task
 from nnunet_dca.trainers import trainer_dir
 
 TASK_ID = 101
+TASK_NAME = "Blobs"
+STEPS = 6
 DEMO_TRAINER = "nnUNetTrainerDCA_demo"
 DEFAULT_ITERATIONS = 100
 # nnU-Net settings sized for the demo's tiny task; settings the user exported win. Data augmentation in the
@@ -84,16 +86,12 @@ class DemoLayout:
     out: Path
 
     @property
-    def msd_parent(self) -> Path:
-        return self.out / "msd"
-
-    @property
-    def task(self) -> Path:
-        return self.msd_parent / f"Task{TASK_ID:03d}_Blobs"
+    def task(self) -> SyntheticTask:
+        return SyntheticTask.at(self.out / "msd", TASK_ID, TASK_NAME)
 
     @property
     def dataset_name(self) -> str:
-        return f"Dataset{TASK_ID:03d}_Blobs"
+        return self.task.dataset_name
 
     @property
     def raw(self) -> Path:
@@ -133,14 +131,19 @@ class DemoLayout:
         return env
 
 
+def _announce(number: int, text: str) -> None:
+    print(f"[{number}/{STEPS}] {text}", flush=True)
+
+
 def _run_step(number: int, title: str, command: list[str], layout: DemoLayout,
               settings: Mapping[str, str] = DEMO_SETTINGS) -> None:
     """Runs one nnU-Net command with its output in logs/; a failure raises DemoError with the log's end."""
     log = layout.logs / f"{number}_{Path(command[0]).name}.log"
-    print(f"[{number}/6] {title}: {Path(command[0]).name} {' '.join(command[1:])}", flush=True)
+    _announce(number, f"{title}: {Path(command[0]).name} {' '.join(command[1:])}")
     start = time.monotonic()
     with open(log, "w") as f:
-        returncode = subprocess.run(command, env=layout.environment(settings), stdout=f, stderr=subprocess.STDOUT).returncode
+        returncode = subprocess.run(command, env=layout.environment(settings), stdout=f,
+                                    stderr=subprocess.STDOUT).returncode
     if returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-30:])
         raise DemoError(f"step {number} failed (exit code {returncode}); the end of {log}:\n{tail}")
@@ -158,9 +161,9 @@ def run_demo(out: Path, device: str = "cpu", iterations: int = DEFAULT_ITERATION
     layout = DemoLayout(out)
     layout.logs.mkdir(parents=True)
 
-    print(f"[1/6] Writing a synthetic MSD task (two modalities, labels {list(LABELS.values())[1:]}) to "
-          f"{layout.task}", flush=True)
-    task = write_msd_task(layout.msd_parent, task_id=TASK_ID, name="Blobs")
+    _announce(1, f"Writing a synthetic MSD task (two modalities, labels {list(LABELS.values())[1:]}) to "
+                 f"{layout.task.folder}")
+    task = write_msd_task(layout.task.folder.parent, TASK_ID, TASK_NAME)
     dataset = str(TASK_ID)
     _run_step(2, "Converting the MSD task to nnU-Net's layout",
               [nnunet_command("nnUNetv2_convert_MSD_dataset"), "-i", str(task.folder), "-np", "1"], layout)
@@ -187,7 +190,7 @@ def run_demo(out: Path, device: str = "cpu", iterations: int = DEFAULT_ITERATION
     print(f"  {'mean':<10} {summary['foreground_mean']['Dice']:.3f}")
     print(textwrap.dedent(f"""
         Where everything is:
-          MSD task (input)   {layout.task}
+          MSD task (input)   {layout.task.folder}
           nnU-Net folders    {layout.raw}, {layout.preprocessed}, {layout.results}
           trained model      {layout.model}
           predictions        {layout.predictions} (scores: summary.json)

@@ -7,6 +7,8 @@ hundred iterations. MSD ships no test labels; ours go to `labelsTs/`, which `nnU
 ignores, so predictions on `imagesTs/` can be scored.
 """
 
+from __future__ import annotations
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,13 @@ class SyntheticTask:
 
     folder: Path  # TaskXXX_Name, the folder `nnUNetv2_convert_MSD_dataset -i` takes
     task_id: int
+
+    @classmethod
+    def at(cls, parent: Path, task_id: int, name: str) -> SyntheticTask:
+        """The task `write_msd_task(parent, task_id, name)` writes."""
+        if "_" in name:
+            raise ValueError(f"MSD task names have no underscore (nnU-Net splits TaskXXX_Name at it): {name!r}")
+        return cls(Path(parent) / f"Task{task_id:03d}_{name}", task_id)
 
     @property
     def dataset_name(self) -> str:
@@ -79,9 +88,7 @@ def write_msd_task(parent: Path, task_id: int = 101, name: str = "Blobs", num_tr
     `shape` is the typical (z, y, x) size of a case; each case varies by up to 15% per axis, and each has
     its own origin, so the tests can check that predictions keep every case's geometry.
     """
-    if "_" in name:
-        raise ValueError(f"MSD task names have no underscore (nnU-Net splits TaskXXX_Name at it): {name!r}")
-    task = SyntheticTask(Path(parent) / f"Task{task_id:03d}_{name}", task_id)
+    task = SyntheticTask.at(parent, task_id, name)
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (task.folder / sub).mkdir(parents=True)
     rng = np.random.default_rng(seed)

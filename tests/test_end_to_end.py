@@ -68,7 +68,7 @@ def test_predictions_keep_each_test_images_geometry(demo):
     for image in images:
         case = image.name.replace("_0000.nii.gz", ".nii.gz")
         assert_same_geometry(demo.layout.predictions / case, image)
-        assert_same_geometry(demo.layout.predictions / case, demo.layout.task / "labelsTs" / case)
+        assert_same_geometry(demo.layout.predictions / case, demo.layout.task.test_labels / case)
 
 
 def test_training_resumes_with_c(demo):
@@ -96,7 +96,7 @@ def test_plans_only_route_trains_with_a_stock_trainer_and_predicts_from_an_insta
     run(["nnUNetv2_install_pretrained_model_from_zip", zip_file], elsewhere)
     run(["nnUNetv2_predict", "-i", demo.layout.raw / demo.layout.dataset_name / "imagesTs", "-o", tmp_path / "pred",
          "-d", TASK_ID, "-c", "2d_dca", "-f", 0, "-tr", STOCK_STEP_TRAINER, *PREDICT_OPTIONS], elsewhere)
-    references = sorted((demo.layout.task / "labelsTs").glob("*.nii.gz"))
+    references = sorted(demo.layout.task.test_labels.glob("*.nii.gz"))
     assert sorted(p.name for p in (tmp_path / "pred").glob("*.nii.gz")) == [p.name for p in references]
     for reference in references:
         assert_same_geometry(tmp_path / "pred" / reference.name, reference)
