@@ -184,16 +184,18 @@ def test_fused_path_reaches_the_flash_kernel_on_cpu():
 # hand check on tiny cases, by explicit loops
 
 
+def project(projection, tokens):
+    """A depthwise projection by hand: tokens (lists of N rows of C) scaled and shifted per channel."""
+    w, b = projection.weight.view(-1).tolist(), projection.bias.tolist()
+    return [[row[c] * w[c] + b[c] for c in range(len(w))] for row in tokens]
+
+
 def test_channel_attention_by_hand():
     torch.manual_seed(0)
     n_tokens, channels, context_channels, heads = 3, 2, 6, 2
     cca = ChannelCrossAttention(channels, context_channels, heads, spatial_dims=2).double()
     tokens = torch.randn(1, n_tokens, channels, dtype=torch.float64)
     context = torch.randn(1, n_tokens, context_channels, dtype=torch.float64)
-
-    def project(p, x):
-        w, b = p.weight.view(-1).tolist(), p.bias.tolist()
-        return [[x[n][c] * w[c] + b[c] for c in range(len(w))] for n in range(len(x))]
 
     q, k, v = project(cca.query, tokens[0].tolist()), project(cca.key, context[0].tolist()), project(
         cca.value, context[0].tolist())
@@ -217,10 +219,6 @@ def test_spatial_attention_by_hand(fused):
     sca = SpatialCrossAttention(channels, context_channels, heads, spatial_dims=2).double()
     tokens = torch.randn(1, n_tokens, channels, dtype=torch.float64)
     context = torch.randn(1, n_tokens, context_channels, dtype=torch.float64)
-
-    def project(p, x):
-        w, b = p.weight.view(-1).tolist(), p.bias.tolist()
-        return [[x[n][c] * w[c] + b[c] for c in range(len(w))] for n in range(len(x))]
 
     q, k, v = project(sca.query, context[0].tolist()), project(sca.key, context[0].tolist()), project(
         sca.value, tokens[0].tolist())
