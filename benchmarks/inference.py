@@ -29,7 +29,7 @@ from nnunet_dca.trainers import trainer_dir
 
 # a few slices or a few 3D tiles: enough for the sliding window to overlap tiles
 VOLUMES = {"2d_256": (4, 256, 256), "2d_512": (4, 512, 512), "2d_512_fullgrid": (4, 512, 512),
-           "3d_128": (128, 160, 160)}
+           "3d_128": (128, 128, 160)}
 
 
 def write_model_folder(folder: str, config: str, trainer: type) -> None:
