@@ -102,8 +102,8 @@ class ChannelCrossAttention(nn.Module):
         #   Q^T K = (Q^T c) w_k + (sum_n Q)^T b_k,    out = V A^T = c (A w_v)^T + (A b_v^T)^T
         scores = (q.transpose(-2, -1) @ c) * key_weight + q.sum(dim=-2).unsqueeze(-1) * key_bias
         attention = torch.softmax(scores * self.scale, dim=-1)  # (B, h, C_i/h, C_sum/h)
-        out = c @ (attention * value_weight).transpose(-2, -1) + (attention @ value_bias.transpose(-2, -1)).transpose(-2, -1)
-        return self.out(merge_heads(out))
+        value_offset = (attention @ value_bias.transpose(-2, -1)).transpose(-2, -1)  # (B, h, 1, C_i/h)
+        return self.out(merge_heads(c @ (attention * value_weight).transpose(-2, -1) + value_offset))
 
 
 class SpatialCrossAttention(nn.Module):
