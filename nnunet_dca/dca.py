@@ -45,9 +45,20 @@ class DepthwiseProjection(nn.Module):
         return torch.addcmul(self.bias, tokens, self.weight.view(-1))
 
 
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """float16 and bfloat16 as float32; float32 and float64 unchanged."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale) v, explicit. q (..., L, d), k (..., M, d), v (..., M, d_v) -> (..., L, d_v)."""
-    return torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1) @ v
+    """softmax(q k^T * scale) v, explicit. q (..., L, d), k (..., M, d), v (..., M, d_v) -> (..., L, d_v).
+
+    The scores and the softmax are float32 under any autocast, as the fused kernels accumulate them: float16
+    scores lose the digits that decide the softmax once they reach the thousands, and overflow past 65,504.
+    """
+    with torch.autocast(q.device.type, enabled=False):
+        attention = torch.softmax(at_least_float32(q) @ at_least_float32(k).transpose(-2, -1) * scale, dim=-1)
+    return attention.to(v.dtype) @ v
 
 
 def attention_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -100,8 +111,12 @@ class ChannelCrossAttention(nn.Module):
         # Channels are the attended axis. K = c w_k + b_k and V = c w_v + b_v scale the context per channel, so the
         # scaling moves onto the small C_i/h x C_sum/h matrices instead of two N x C_sum tensors per stage (exact):
         #   Q^T K = (Q^T c) w_k + (sum_n Q)^T b_k,    out = V A^T = c (A w_v)^T + (A b_v^T)^T
-        scores = (q.transpose(-2, -1) @ c) * key_weight + q.sum(dim=-2).unsqueeze(-1) * key_bias
-        attention = torch.softmax(scores * self.scale, dim=-1)  # (B, h, C_i/h, C_sum/h)
+        # Q^T c sums over all N tokens before any scaling; under float16 autocast (nnU-Net's default on CUDA) that
+        # sum leaves float16's range at a few thousand tokens. The scores are C_i/h x C_sum/h: float32 costs little.
+        with torch.autocast(q.device.type, enabled=False):
+            q32, c32 = at_least_float32(q), at_least_float32(c)
+            scores = (q32.transpose(-2, -1) @ c32) * key_weight + q32.sum(dim=-2).unsqueeze(-1) * key_bias
+            attention = torch.softmax(scores * self.scale, dim=-1).to(c.dtype)  # (B, h, C_i/h, C_sum/h)
         value_offset = (attention @ value_bias.transpose(-2, -1)).transpose(-2, -1)  # (B, h, 1, C_i/h)
         return self.out(merge_heads(c @ (attention * value_weight).transpose(-2, -1) + value_offset))
 

@@ -283,6 +283,47 @@ def test_bfloat16_autocast_stays_finite():
         assert (o.float() - r).abs().mean() < 0.05
 
 
+def overflowing_float16_case(size: tuple[int, ...]) -> tuple[DCA, list[torch.Tensor]]:
+    """Skips of one size with one dominant channel, query/key projections and LayerNorm gains grown to 4: float32
+    is finite, but the channel scores (a sum over all tokens) and the spatial scores pass float16's 65,504."""
+    torch.manual_seed(0)
+    dca = DCA(PAPER_FEATURES, max_tokens=None, spatial_dims=len(size))
+    with torch.no_grad():
+        for name, parameter in dca.named_parameters():
+            if re.search(r"(query|key)\.weight$|_norms\.\d+\.weight$", name) and "output" not in name:
+                parameter.fill_(4.0)
+    skips = skips_for(PAPER_FEATURES, [size] * 4, batch=1)
+    for x in skips:
+        x[:, 0] += 30.0
+    return dca, skips
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("size", [(64, 64), (16, 16, 16)])  # 4096 tokens
+def test_float16_autocast_stays_finite_and_close_where_float32_is_finite(size, fused):
+    dca, skips = overflowing_float16_case(size)
+    dca.eval().fused_attention = fused
+    with torch.no_grad():
+        expected = dca(skips)
+        with torch.autocast("cpu", dtype=torch.float16):
+            outs = dca(skips)
+    for o, e in zip(outs, expected):
+        assert torch.isfinite(e).all()
+        assert torch.isfinite(o).all()
+        assert (o.float() - e).abs().max() < 4e-3 * e.abs().max()  # float16 keeps about three decimal digits
+
+
+@pytest.mark.parametrize("size", [(16, 16), (8, 8, 8)])
+def test_float16_autocast_training_step_has_finite_gradients(size):
+    dca, skips = overflowing_float16_case(size)
+    dca.train()
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = sum(o.float().square().mean() for o in dca(skips))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in dca.parameters())
+
+
 def test_torch_compile_without_graph_breaks():
     torch.manual_seed(0)
     features = [4, 8, 16]
