@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -254,9 +255,12 @@ class DCA(nn.Module):
         # Training: the skip-resolution tail is recomputed in backward instead of keeping its two skip-sized
         # activations (the sum and the ReLU output); its inputs, the skip and the token-resolution map, are kept
         # alive by the encoder and by this function anyway.
+        # under DDP (nnU-Net converts every BatchNorm to SyncBatchNorm) the statistics span every process's batch
+        group = _distributed_group(norm)
+        count = _values_per_channel(skip, group)
         out, mean, inverse_std = checkpoint(_normalize_batch_and_relu, skip, refined, norm.weight, norm.bias,
-                                            norm.eps, use_reentrant=False)
-        _update_running_stats(norm, mean, inverse_std, count=skip.numel() // channels)
+                                            norm.eps, group, count, use_reentrant=False)
+        _update_running_stats(norm, mean, inverse_std, count)
         return out
 
     def _check_inputs(self, skips: Sequence[torch.Tensor]) -> None:
@@ -306,16 +310,67 @@ def _upsample_onto(refined: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
 
 
 def _normalize_batch_and_relu(skip: torch.Tensor, refined: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                              eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                              eps: float, group: dist.ProcessGroup | None, count: int
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ReLU(BatchNorm(skip + upsampled refined)) with batch statistics, without touching running statistics.
 
-    Returns the output and the batch's per-channel mean and inverse standard deviation (float32, as BatchNorm
-    keeps them under autocast), from which the caller updates the running statistics once.
+    The statistics are over this process's batch, or over the batches of every process in `group` (`count` values
+    per channel in all). Returns the output and the batch's per-channel mean and inverse standard deviation
+    (float32, as BatchNorm keeps them under autocast), from which the caller updates the running statistics once.
     """
-    # the op under F.batch_norm, which also returns the statistics it computed
-    out, mean, inverse_std = torch.native_batch_norm(_upsample_onto(refined, skip), weight, bias, None, None,
-                                                     True, 0.0, eps)
-    return torch.relu_(out), mean, inverse_std
+    x = _upsample_onto(refined, skip)
+    if group is None:
+        # the op under F.batch_norm, which also returns the statistics it computed
+        out, mean, inverse_std = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        return torch.relu_(out), mean, inverse_std
+    axes, per_channel = [0, *range(2, x.dim())], (1, -1, *[1] * (x.dim() - 2))
+    x32 = at_least_float32(x)
+    # two passes, as BatchNorm: the variance from centered values, not from E[x^2] - E[x]^2
+    mean = _AllReduceSum.apply(x32.sum(axes), group) / count
+    centered = x32 - mean.view(per_channel)
+    inverse_std = torch.rsqrt(_AllReduceSum.apply(centered.square().sum(axes), group) / count + eps)
+    out = centered * (inverse_std * weight).view(per_channel) + bias.view(per_channel)
+    return torch.relu_(out.to(x.dtype)), mean, inverse_std
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """The sum of a tensor over the processes of a group; its gradient is the sum of the processes' gradients.
+
+    Each process's loss depends on the sum through every process, so the gradient with respect to one process's
+    summand is the sum of all the processes' gradients with respect to the sum.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.group = group
+        total = tensor.clone()
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _AllReduceSum.apply(grad, ctx.group), None
+
+
+def _distributed_group(norm: nn.Module) -> dist.ProcessGroup | None:
+    """The group of processes whose batches DCA's BatchNorm spans (the SyncBatchNorm's own group, else all
+    processes), or None outside a group of more than one process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    group = getattr(norm, "process_group", None)
+    if group is None:
+        group = dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def _values_per_channel(x: torch.Tensor, group: dist.ProcessGroup | None) -> int:
+    """Values per channel in the batch: this process's, or those of every process in `group`."""
+    count = x.numel() // x.shape[1]
+    if group is None:
+        return count
+    total = torch.tensor([count], device=x.device)
+    dist.all_reduce(total, group=group)
+    return int(total.item())
 
 
 def _update_running_stats(norm: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, inverse_std: torch.Tensor,
