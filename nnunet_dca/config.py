@@ -65,6 +65,14 @@ def parse_dca_block(block: Mapping[str, Any] | None) -> tuple[int, dict[str, Any
     return settings["stages"], kwargs
 
 
+def resolved_dca_block(block: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The validated block with every key, defaults filled in, as JSON values: what a model folder keeps, so that
+    it builds the same network whatever the plans or the defaults later say."""
+    stages, kwargs = parse_dca_block(block)
+    return {"stages": stages, **{key: list(value) if isinstance(value, tuple) else value
+                                 for key, value in kwargs.items()}}
+
+
 def _is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 

@@ -12,6 +12,7 @@ from nnunetv2.training.nnUNetTrainer.variants.training_length import nnUNetTrain
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from nnunet_dca.config import DEFAULTS
 from nnunet_dca.network import DCAUNet
 from nnunet_dca.plans import add_dca_configuration
 from nnunet_dca.trainers import nnUNetTrainerDCA as trainers_module
@@ -161,3 +162,65 @@ def test_a_users_subclass_in_another_folder_is_found_and_builds(monkeypatch, tmp
 def test_trainer_dir_is_this_package_folder():
     assert os.path.isfile(os.path.join(trainer_dir(), "nnUNetTrainerDCA.py"))
     assert os.path.isabs(trainer_dir())
+
+
+# the resolved settings a model folder keeps
+
+def new_trainer(trainer=nnUNetTrainerDCA_5epochs, plans: dict | None = None, fold: int = 0):
+    # run_training adds continue_training, __init__ pops it
+    return trainer({**(plans or make_plans()), "continue_training": False}, "2d", fold, DATASET_JSON,
+                   torch.device("cpu"))
+
+
+def save_model_folder_plans(trainer) -> None:
+    """What nnUNetTrainer.on_train_start writes at the start of every fold."""
+    os.makedirs(trainer.output_folder_base, exist_ok=True)
+    with open(os.path.join(trainer.output_folder_base, "plans.json"), "w") as f:
+        json.dump(trainer.plans_manager.plans, f)
+
+
+def test_the_plans_a_trainer_saves_hold_every_dca_setting_with_its_overrides(nnunet_folders):
+    plans = make_plans()
+    plans["configurations"]["2d"]["dca"] = {"max_tokens": 64}
+    trainer = new_trainer(nnUNetTrainerDCA_SCAOnly, plans)
+    saved = trainer.plans_manager.plans["configurations"]["2d"]["dca"]
+    assert saved == {**DEFAULTS, "max_tokens": 64, "channel_attention": False}
+    assert json.loads(json.dumps(saved)) == saved  # JSON as it is
+
+
+def test_a_model_folder_builds_from_its_saved_settings_when_the_defaults_change(nnunet_folders, monkeypatch):
+    trainer = new_trainer()
+    model_folder_plans = PlansManager(json.loads(json.dumps(trainer.plans_manager.plans)))
+    monkeypatch.setitem(DEFAULTS, "max_tokens", 16)
+    monkeypatch.setitem(DEFAULTS, "spatial_heads", 2)
+    network = nnUNetTrainerDCA_5epochs.build_network_architecture(
+        model_folder_plans, model_folder_plans.get_configuration("2d"), 1, NUM_CLASSES, False)
+    assert network.dca.max_tokens == 1024
+    assert network.dca.blocks[0].spatial_attentions[0].heads == 4
+
+
+def test_a_fold_with_the_settings_of_its_model_folder_starts(nnunet_folders):
+    save_model_folder_plans(new_trainer(fold=0))
+    plans = make_plans()
+    plans["configurations"]["2d"]["dca"] = {"max_tokens": 1024}  # the default, written out
+    assert new_trainer(plans=plans, fold=1).fold == 1
+
+
+def test_a_fold_with_other_settings_than_its_model_folder_is_refused_naming_them(nnunet_folders):
+    plans = make_plans()
+    plans["configurations"]["2d"]["dca"] = {"token_grid": [4, 4], "n_blocks": 2}
+    save_model_folder_plans(new_trainer(plans=plans, fold=0))
+    plans["configurations"]["2d"]["dca"] = {"n_blocks": 2}  # the block edited later
+    with pytest.raises(RuntimeError, match=r"token_grid: \[4, 4\] there, null now.*new trainer name.*plans "
+                                           r"identifier") as refused:
+        new_trainer(plans=plans, fold=1)
+    assert "n_blocks" not in str(refused.value)
+
+
+def test_a_model_folder_without_saved_settings_is_not_compared(nnunet_folders):
+    legacy = new_trainer(fold=0)
+    del legacy.plans_manager.plans["configurations"]["2d"]["dca"]
+    save_model_folder_plans(legacy)
+    plans = make_plans()
+    plans["configurations"]["2d"]["dca"] = {"n_blocks": 2}
+    assert new_trainer(plans=plans, fold=1).plans_manager.plans["configurations"]["2d"]["dca"]["n_blocks"] == 2

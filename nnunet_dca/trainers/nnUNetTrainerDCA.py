@@ -11,20 +11,26 @@ Subclass any of them from your own folder on nnUNet_extTrainer:
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
+from nnunet_dca.config import resolved_dca_block
 from nnunet_dca.network import DCAUNet
 
 
 class nnUNetTrainerDCA(nnUNetTrainer):
     """nnUNetTrainer whose network is the plans' U-Net with DCA on its first encoder skips (see DCAUNet).
 
-    DCA settings: the configuration's optional `dca` block in the plans, with `dca_overrides` merged over it.
+    DCA settings: the configuration's optional `dca` block in the plans, with `dca_overrides` merged over it and
+    every default filled in. The trainer writes that resolved block into the plans.json it keeps in the model folder,
+    and prediction builds from it, so a model keeps its settings when the plans or the defaults change later. A fold
+    whose settings differ from those already in its model folder is refused before it trains.
     A subclass sets `dca_overrides` and/or `epochs` (None keeps nnU-Net's default) and nothing else.
     """
 
@@ -37,6 +43,17 @@ class nnUNetTrainerDCA(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.epochs is not None:
             self.num_epochs = self.epochs
+        dca = self.resolved_dca_block(self.configuration_manager.configuration)
+        if self.output_folder_base is not None:
+            self._check_model_folder_settings(dca)
+        # nnUNetTrainer.on_train_start saves these plans as the model folder's plans.json
+        self.plans_manager.plans["configurations"][configuration]["dca"] = dca
+        self.configuration_manager.configuration["dca"] = dca
+
+    @classmethod
+    def resolved_dca_block(cls, configuration: dict) -> dict[str, Any]:
+        """A plans configuration's `dca` block with this trainer's `dca_overrides` over it, every default filled in."""
+        return resolved_dca_block({**(configuration.get("dca") or {}), **cls.dca_overrides})
 
     # a classmethod where nnU-Net has a staticmethod: called the same way, and sees a variant's dca_overrides
     @classmethod
@@ -45,8 +62,26 @@ class nnUNetTrainerDCA(nnUNetTrainer):
                                    enable_deep_supervision: bool = True) -> nn.Module:
         network = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                      num_output_channels, enable_deep_supervision)
-        dca_block = {**(configuration_manager.configuration.get("dca") or {}), **cls.dca_overrides}
-        return DCAUNet(network, dca_block)
+        return DCAUNet(network, cls.resolved_dca_block(configuration_manager.configuration))
+
+    def _check_model_folder_settings(self, dca: dict[str, Any]) -> None:
+        saved_plans = join(self.output_folder_base, "plans.json")
+        if not isfile(saved_plans):
+            return
+        saved_configuration = load_json(saved_plans)["configurations"].get(self.configuration_name, {})
+        # a model folder of an nnunet-dca that saved no settings keeps no record to compare with
+        if "dca" not in saved_configuration:
+            return
+        saved = self.resolved_dca_block(saved_configuration)
+        differences = [f"{key}: {json.dumps(saved[key])} there, {json.dumps(dca[key])} now"
+                       for key in saved if saved[key] != dca[key]]
+        if differences:
+            raise RuntimeError(
+                f"the DCA settings of {self.__class__.__name__} for {self.configuration_name!r} differ from those the "
+                f"folds in {self.output_folder_base} were trained with ({'; '.join(differences)}), so fold "
+                f"{self.fold} would train another network. Restore those settings in the plans' dca block, or train "
+                f"the new settings under a new trainer name (a subclass) or plans identifier (-p), or move that "
+                f"model folder away to retrain every fold")
 
 
 class nnUNetTrainerDCA_CCAOnly(nnUNetTrainerDCA):
