@@ -1,22 +1,22 @@
-"""The `nnunet-dca` command: trainer-dir, doctor, add-config and demo.
+"""The `nnunet-dca` command: trainer-dir, doctor, add-config, warm-start and demo.
 
 Training, prediction and everything else stay nnU-Net's own commands (`nnUNetv2_*`); this command only
-helps to set them up. User errors go to stderr with exit code 2, failed doctor checks exit with 1.
+helps to set them up. User errors go to stderr as one line, `nnunet-dca COMMAND: error: ...`, with exit code 2;
+failed doctor checks exit with 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import importlib.metadata
-import io
 import json
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from nnunet_dca.config import DEFAULTS
 from nnunet_dca.demo import DEFAULT_ITERATIONS, DemoError, run_demo
@@ -28,7 +28,18 @@ EXPORT_LINE = 'export nnUNet_extTrainer="$(nnunet-dca trainer-dir --export)"'
 
 
 class UsageError(Exception):
-    """A mistake the user fixes by changing the command or the set-up; printed without a traceback."""
+    """A mistake the user fixes by changing the command or the set-up; printed as one line, without a traceback."""
+
+
+# what the library functions behind the commands raise for a mistake of the user or the set-up
+USER_ERRORS = (RuntimeError, ValueError, OSError)
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, with a mistake in the command line reported in one line that points to --help, not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def ext_trainer_value(current: str | None) -> str:
@@ -78,13 +89,13 @@ def _check_ext_trainer() -> tuple[bool, str]:
 
 
 def _check_trainer_found() -> tuple[bool, str]:
+    # imported here: nnU-Net takes seconds to import, and only this check needs it
+    from nnunet_dca.warm_start import find_trainer_class
+
     try:
-        # imported here: nnU-Net takes seconds to import, and only this check needs it
-        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-        with contextlib.redirect_stdout(io.StringIO()):  # the finder narrates its search
-            trainer = recursive_find_trainer_class_by_name("nnUNetTrainerDCA")
-    except Exception as e:  # the finder raises RuntimeError when not found, and any import error of a trainer
-        return False, f"nnU-Net's trainer finder fails: {type(e).__name__}: {e}"
+        trainer = find_trainer_class("nnUNetTrainerDCA")
+    except RuntimeError as e:
+        return False, str(e)
     found = os.path.dirname(_defining_file(trainer) or "an unknown file")
     if not _same_folder(found, trainer_dir()):
         return False, (f"nnU-Net finds nnUNetTrainerDCA in {found}, not in this package's {trainer_dir()}: "
@@ -132,6 +143,8 @@ def _int_or_list(values: list[int]) -> int | list[int]:
 
 def cmd_add_config(args: argparse.Namespace) -> int:
     # imported here: nnU-Net takes seconds to import, and the other commands need none of it
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
     from nnunet_dca.plans import add_dca_configuration, find_plans_file
 
     # only the options given reach the block; add_dca_configuration fills in the defaults
@@ -142,16 +155,46 @@ def cmd_add_config(args: argparse.Namespace) -> int:
     try:
         plans_file = find_plans_file(args.dataset, args.plans)
         name = add_dca_configuration(plans_file, args.configuration, args.name, dca, args.overwrite)
-    except (RuntimeError, ValueError, OSError) as e:
+    except USER_ERRORS as e:
         raise UsageError(str(e)) from e
     written = json.loads(Path(plans_file).read_text())["configurations"][name]
-    plans_option = "" if args.plans == "nnUNetPlans" else f" -p {args.plans}"
+    plans_option = _plans_option(args.plans)
     print(f"Added configuration '{name}' to {plans_file}:")
     print(f"  inherits '{args.configuration}' (its preprocessed data, no new preprocessing), "
           f"network {written['architecture']['network_class_name']}")
     print(f"  dca {json.dumps(written['architecture']['arch_kwargs']['dca'])}")
+    previous_stage = PlansManager(plans_file).get_configuration(name).previous_stage_name
+    if previous_stage is not None:
+        # every fold's validation exports its cases, and the cascade trains on every case
+        print(f"A cascade stage: all five folds of '{previous_stage}', trained with the same trainer, must export "
+              f"their segmentations for '{name}' first. Train them, or rerun the validation of folds already trained:")
+        print(f"  for fold in 0 1 2 3 4; do "
+              f"nnUNetv2_train {args.dataset} {previous_stage} $fold{plans_option} --val; done")
     print("Train it with the stock trainer (no nnUNet_extTrainer needed):")
     print(f"  nnUNetv2_train {args.dataset} {name} 0{plans_option}")
+    return 0
+
+
+def _plans_option(plans_identifier: str) -> str:
+    """The -p option of nnUNetv2_train for these plans: nothing for nnU-Net's default."""
+    return "" if plans_identifier == "nnUNetPlans" else f" -p {plans_identifier}"
+
+
+def cmd_warm_start(args: argparse.Namespace) -> int:
+    # imported here: nnU-Net and torch take seconds to import, and the other commands need none of it
+    from nnunet_dca.warm_start import DCA_PREFIX, warm_start
+
+    try:
+        weights = warm_start(args.checkpoint, args.dataset, args.configuration, args.output, args.trainer, args.plans,
+                             args.overwrite)
+    except USER_ERRORS as e:
+        raise UsageError(str(e)) from e
+    dca_count = sum(key.startswith(DCA_PREFIX) for key in weights)
+    print(f"Wrote {args.output}: the {len(weights) - dca_count} tensors of {args.checkpoint}, and {dca_count} of "
+          f"DCA, freshly initialized as {args.trainer} builds configuration '{args.configuration}'.")
+    print("Fine-tune from it with nnU-Net's own command:")
+    print(f"  nnUNetv2_train {args.dataset} {args.configuration} 0 -tr {args.trainer}{_plans_option(args.plans)} "
+          f"-pretrained_weights {args.output}")
     return 0
 
 
@@ -164,7 +207,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(  # add_subparsers makes each command's parser of the same class
         prog="nnunet-dca", description="Dual Cross-Attention skip connections for nnU-Net v2: set-up helpers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -186,12 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
         "add-config", help="add a DCA configuration to a plans file (the plans-only route)",
         description="Add a configuration to DATASET's plans that inherits from -c (same preprocessed data) and "
                     "builds the DCA U-Net, so the stock nnUNetTrainer trains DCA. Existing configurations are "
-                    "never changed. DCA options left out keep the paper's defaults.")
+                    "never changed, except that a cascade source's previous stage (3d_lowres) gets the new name in "
+                    "its next_stage. DCA options left out keep the paper's defaults.")
     add_config.add_argument("dataset", metavar="DATASET", help="dataset id or name, e.g. 4 or Dataset004_Hippocampus")
     add_config.add_argument("-c", dest="configuration", default="2d", help="source configuration (default: 2d)")
     add_config.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     add_config.add_argument("--name", default=None, help="name of the new configuration (default: SOURCE_dca)")
-    add_config.add_argument("--overwrite", action="store_true", help="replace a configuration of the same name")
+    add_config.add_argument("--overwrite", action="store_true",
+                            help="replace a configuration of the same name that add-config made (never another)")
     dca = add_config.add_argument_group("DCA settings (the plans' dca block)")
     # SUPPRESS: an option left out does not appear in the namespace, so the block holds only what was asked
     dca.add_argument("--stages", type=int, default=argparse.SUPPRESS,
@@ -212,6 +257,26 @@ def build_parser() -> argparse.ArgumentParser:
                      default=argparse.SUPPRESS, help="ablation: channel cross-attention only")
     add_config.set_defaults(func=cmd_add_config)
 
+    warm = commands.add_parser(
+        "warm-start", help="make a stock model's checkpoint a DCA trainer's -pretrained_weights",
+        description="Write OUT for nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER -pretrained_weights OUT: "
+                    "every weight of the stock checkpoint, and DCA's weights freshly initialized as TRAINER builds "
+                    "the network for DATASET and CONFIGURATION. The checkpoint itself is never changed.")
+    warm.add_argument("checkpoint", metavar="STOCK_CHECKPOINT",
+                      help="a stock model's checkpoint, e.g. "
+                           ".../nnUNetTrainer__nnUNetPlans__2d/fold_0/checkpoint_final.pth")
+    warm.add_argument("-d", dest="dataset", required=True, metavar="DATASET",
+                      help="the dataset to fine-tune on, id or name, e.g. 4 or Dataset004_Hippocampus")
+    warm.add_argument("-c", dest="configuration", required=True, metavar="CONFIGURATION",
+                      help="the configuration to fine-tune, e.g. 2d, or one made by add-config")
+    warm.add_argument("-tr", dest="trainer", default="nnUNetTrainerDCA",
+                      help="the trainer to fine-tune with, found as nnUNetv2_train finds it "
+                           "(default: nnUNetTrainerDCA)")
+    warm.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    warm.add_argument("-o", dest="output", required=True, metavar="OUT", help="the file to write, e.g. warm_start.pth")
+    warm.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never STOCK_CHECKPOINT)")
+    warm.set_defaults(func=cmd_warm_start)
+
     demo = commands.add_parser(
         "demo", help="train and evaluate DCA on a synthetic MSD task with nnU-Net's own commands",
         description="Write a small MSD-style task, then run nnU-Net's convert, plan and preprocess, train "
@@ -230,7 +295,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            # the deprecation notes of libraries nnU-Net imports (timm, torch) speak to their developers, and
+            # would stand between the user and this command's one line
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            return args.func(args)
     except UsageError as e:
-        print(f"nnunet-dca {args.command}: error: {e}", file=sys.stderr)
+        one_line = " ".join(str(e).split())  # messages passed on from nnU-Net may span lines
+        print(f"nnunet-dca {args.command}: error: {one_line}", file=sys.stderr)
         return 2

@@ -51,11 +51,23 @@ def nnunet_command(name: str) -> str:
     return str(path)
 
 
+# a method of the class write_short_trainer writes, the override of nnunetv2's nnUNetTrainerNoMirroring
+_NO_MIRRORING = '''
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, patch_size, None
+'''
+
+
 def write_short_trainer(folder: Path, name: str, iterations: int, epochs: int = 1,
-                        base: str = "nnunet_dca.trainers.nnUNetTrainerDCA.nnUNetTrainerDCA") -> Path:
+                        base: str = "nnunet_dca.trainers.nnUNetTrainerDCA.nnUNetTrainerDCA",
+                        mirroring: bool = True) -> Path:
     """Writes `folder/name.py`: a subclass of `base` (a dotted class path) training `epochs` x `iterations`.
 
     For a folder on `nnUNet_extTrainer`. Validation during training runs a tenth as many iterations.
+    `mirroring=False` turns mirroring off in training and prediction, as nnU-Net's nnUNetTrainerNoMirroring does:
+    the final validation of a 3D model then predicts each tile once instead of eight times.
     """
     module, base_class = base.rsplit(".", 1)
     path = Path(folder) / f"{name}.py"
@@ -75,7 +87,7 @@ def write_short_trainer(folder: Path, name: str, iterations: int, epochs: int = 
                 self.num_epochs = {epochs}
                 self.num_iterations_per_epoch = {iterations}
                 self.num_val_iterations_per_epoch = {max(1, iterations // 10)}
-        '''))
+        ''') + ("" if mirroring else _NO_MIRRORING))
     return path
 
 
@@ -145,8 +157,9 @@ def _run_step(number: int, title: str, command: list[str], layout: DemoLayout,
         returncode = subprocess.run(command, env=layout.environment(settings), stdout=f,
                                     stderr=subprocess.STDOUT).returncode
     if returncode != 0:
-        tail = "\n".join(log.read_text().splitlines()[-30:])
-        raise DemoError(f"step {number} failed (exit code {returncode}); the end of {log}:\n{tail}")
+        # the last line of a failed command is usually its exception; the whole log has the rest
+        last_line = next((line.strip() for line in reversed(log.read_text().splitlines()) if line.strip()), "")
+        raise DemoError(f"step {number} failed (exit code {returncode}): {last_line}; the whole log: {log}")
     print(f"      done in {time.monotonic() - start:.0f} s (log: {log})", flush=True)
 
 
@@ -159,7 +172,10 @@ def run_demo(out: Path, device: str = "cpu", iterations: int = DEFAULT_ITERATION
         raise DemoError(f"{out} exists and is not an empty folder; pass --out with a new folder "
                         f"(the demo only writes into folders it creates)")
     layout = DemoLayout(out)
-    layout.logs.mkdir(parents=True)
+    try:
+        layout.logs.mkdir(parents=True)
+    except OSError as e:
+        raise DemoError(f"cannot create {out} ({e.strerror}); pass --out with a folder you can write") from e
 
     _announce(1, f"Writing a synthetic MSD task (two modalities, labels {list(LABELS.values())[1:]}) to "
                  f"{layout.task.folder}")

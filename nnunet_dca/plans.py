@@ -3,6 +3,10 @@
 The new configuration inherits from a source configuration (same data_identifier: no new preprocessing) and
 replaces only its `architecture` block, which names DCAUNetFromPlans. The stock nnUNetTrainer then trains DCA,
 and a model folder predicts wherever this package is installed, without nnUNet_extTrainer.
+
+A cascade stage as the source (3d_cascade_fullres, whose `previous_stage` is 3d_lowres) makes a cascade DCA
+configuration: it trains on the segmentations the previous stage's validation exports to
+predicted_next_stage/<name> for each name in its `next_stage`, so the new name is added there too.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import tempfile
 from typing import Any, Mapping
 
 import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_dca.config import parse_dca_block
+from nnunet_dca.config import resolved_dca_block
 from nnunet_dca.network import DCAUNetFromPlans
 
 DCA_NETWORK_CLASS_NAME = f"{DCAUNetFromPlans.__module__}.{DCAUNetFromPlans.__name__}"
@@ -29,13 +34,32 @@ def find_plans_file(dataset: str | int, plans_identifier: str = "nnUNetPlans") -
     preprocessed = os.environ.get("nnUNet_preprocessed")
     if not preprocessed:
         raise RuntimeError("nnUNet_preprocessed is not set; export it as for nnUNetv2_plan_and_preprocess")
-    dataset_folder = os.path.join(preprocessed, maybe_convert_to_dataset_name(dataset))
+    try:
+        dataset_name = maybe_convert_to_dataset_name(dataset)
+    except (RuntimeError, ValueError) as e:  # nnU-Net's messages span lines; this one says what to give instead
+        raise FileNotFoundError(f"no dataset {dataset!r} in nnUNet_preprocessed={preprocessed}: give the id (e.g. 4) "
+                                f"or name (e.g. Dataset004_Hippocampus) of a dataset nnUNetv2_plan_and_preprocess "
+                                f"planned there") from e
+    dataset_folder = os.path.join(preprocessed, dataset_name)
     plans_file = os.path.join(dataset_folder, f"{plans_identifier}.json")
     if not os.path.isfile(plans_file):
         raise FileNotFoundError(f"no plans file {plans_file}; plans found for this dataset: "
                                 f"{_plans_identifiers(dataset_folder)} (run nnUNetv2_plan_and_preprocess first, "
                                 f"or pick one of those with -p)")
     return plans_file
+
+
+def load_plans(plans_file: str) -> dict:
+    """The plans in `plans_file`; ValueError naming the file if it is not an nnU-Net plans file."""
+    try:
+        plans = load_json(plans_file)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{plans_file} is not valid JSON ({e}); restore it, or plan the dataset again "
+                         f"(nnUNetv2_plan_experiment)") from e
+    if not isinstance(plans, dict) or not isinstance(plans.get("configurations"), dict):
+        raise ValueError(f"{plans_file} is not an nnU-Net plans file (it has no 'configurations'); restore it, or "
+                         f"plan the dataset again (nnUNetv2_plan_experiment)")
+    return plans
 
 
 def add_dca_configuration(plans_file: str, source_configuration: str = "2d", name: str | None = None,
@@ -46,13 +70,15 @@ def add_dca_configuration(plans_file: str, source_configuration: str = "2d", nam
     (nnU-Net's inheritance replaces top-level keys whole): network_class_name DCAUNetFromPlans, arch_kwargs =
     {'base_network_class_name': source class, **source arch_kwargs, 'dca': the validated dca block with every
     default filled in, so a model folder keeps its settings if the defaults change}. The network is built once
-    on the meta device first, so settings it cannot take fail here. No other configuration is changed. The file
-    is replaced atomically.
+    on the meta device first, so settings it cannot take fail here. The one other configuration that can change
+    is the source's previous stage, for a cascade source: the new name joins its `next_stage`, so that stage
+    (re-)exports segmentations for it (train it, or rerun its validation with `nnUNetv2_train ... --val`).
+    `overwrite` replaces a configuration of the same name only if add_dca_configuration made it. The file is
+    written only if every configuration in it still resolves, and then replaced atomically.
     """
     if not os.path.isfile(plans_file):
         raise FileNotFoundError(f"plans file {plans_file} does not exist; run nnUNetv2_plan_and_preprocess first")
-    with open(plans_file) as f:
-        plans = json.load(f)
+    plans = load_plans(plans_file)
     configurations = plans["configurations"]
     if source_configuration not in configurations:
         raise ValueError(f"configuration {source_configuration!r} is not in {plans_file}; "
@@ -60,12 +86,20 @@ def add_dca_configuration(plans_file: str, source_configuration: str = "2d", nam
     name = name or f"{source_configuration}_dca"
     if name == source_configuration:
         raise ValueError(f"the DCA configuration needs a name other than its source {source_configuration!r}")
-    if name in configurations and not overwrite:
-        raise FileExistsError(f"configuration {name!r} already exists in {plans_file}; pick another name, "
-                              f"or pass --overwrite (overwrite=True) to replace it")
-    stages, dca_kwargs = parse_dca_block(dca)
+    if name in configurations:
+        # its own architecture, not the resolved one: a configuration inheriting from a DCA one is the user's
+        if configurations[name].get("architecture", {}).get("network_class_name") != DCA_NETWORK_CLASS_NAME:
+            raise FileExistsError(f"configuration {name!r} already exists in {plans_file}, and {name!r} was not "
+                                  f"made by nnunet-dca (its architecture does not name {DCA_NETWORK_CLASS_NAME}), "
+                                  f"so not even --overwrite replaces it; pick another name")
+        if not overwrite:
+            raise FileExistsError(f"configuration {name!r} already exists in {plans_file}; pick another name, "
+                                  f"or pass --overwrite (overwrite=True) to replace it")
+    dca = resolved_dca_block(dca)
 
-    source = PlansManager(plans).get_configuration(source_configuration).configuration["architecture"]
+    plans_manager = PlansManager(plans)
+    source_manager = plans_manager.get_configuration(source_configuration)
+    source = source_manager.configuration["architecture"]
     if source["network_class_name"] == DCA_NETWORK_CLASS_NAME:
         raise ValueError(f"configuration {source_configuration!r} already uses DCA; use a stock one as the source")
     architecture = {
@@ -73,12 +107,20 @@ def add_dca_configuration(plans_file: str, source_configuration: str = "2d", nam
         "arch_kwargs": {
             "base_network_class_name": source["network_class_name"],
             **source["arch_kwargs"],
-            "dca": {"stages": stages, **dca_kwargs},
+            "dca": dca,
         },
         "_kw_requires_import": source["_kw_requires_import"],
     }
     _check_builds(architecture)
     configurations[name] = {"inherits_from": source_configuration, "architecture": architecture}
+    previous_stage = source_manager.previous_stage_name
+    if previous_stage is not None:
+        # the resolved list, inherited entries included, goes into the previous stage's own dict: a parent it
+        # inherits next_stage from stays as it is, and so do the other configurations inheriting from that parent
+        next_stages = plans_manager.get_configuration(previous_stage).next_stage_names or []
+        if name not in next_stages:
+            configurations[previous_stage]["next_stage"] = [*next_stages, name]
+    _check_every_configuration_resolves(plans, name)
     _write_json_atomically(plans, plans_file)
     return name
 
@@ -87,10 +129,25 @@ def _check_builds(architecture: dict) -> None:
     # settings that fit only some networks (heads must divide each stage's channels, one value per stage) fail
     # now rather than when training starts. The meta device allocates nothing: this takes milliseconds.
     # The channel counts of the input and the output do not reach DCA, so any will do.
-    with torch.device("meta"):
-        get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
-                               architecture["_kw_requires_import"], input_channels=1, output_channels=2,
-                               allow_init=False)
+    try:
+        with torch.device("meta"):
+            get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
+                                   architecture["_kw_requires_import"], input_channels=1, output_channels=2,
+                                   allow_init=False)
+    except TypeError as e:  # DCAUNet's refusal of a network without U-Net skips, e.g. Primus
+        raise ValueError(f"{e} Pick a U-Net configuration as the source (-c).") from e
+
+
+def _check_every_configuration_resolves(plans: dict, name: str) -> None:
+    # replacing a configuration closes an inheritance cycle if the source inherits from it, and nnU-Net would find
+    # that only when a later command resolves the configuration
+    plans_manager = PlansManager(plans)
+    for configuration in plans["configurations"]:
+        try:
+            plans_manager.get_configuration(configuration)
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(f"configuration {configuration!r} would not resolve with {name!r} written ({e}); "
+                             f"nothing was written: pick another name") from e
 
 
 def _write_json_atomically(obj: Any, path: str) -> None:

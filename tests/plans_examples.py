@@ -66,6 +66,13 @@ RESENC_2D = {  # nnUNetPlannerResEncM's layout: n_blocks_per_stage instead of n_
     "_kw_requires_import": _KW_REQUIRES_IMPORT,
 }
 
+PRIMUS_3D = {  # a network nnU-Net builds from plans that is not a U-Net: a ViT encoder, a patch decoder, no skips
+    "network_class_name": "dynamic_network_architectures.architectures.primus.Primus",
+    "arch_kwargs": {"embed_dim": 396, "patch_embed_size": [8, 8, 8], "eva_depth": 1, "eva_numheads": 6,
+                    "input_shape": [16, 32, 32]},
+    "_kw_requires_import": [],
+}
+
 PATCH_SIZES = {"2d": [64, 48], "3d_fullres": [16, 32, 32], "2d_resenc": [64, 48]}
 
 

@@ -1,4 +1,5 @@
-"""The `nnunet-dca` command's fast paths: trainer-dir, doctor, add-config and the demo's refusals (seconds)."""
+"""The `nnunet-dca` command's fast paths: trainer-dir, doctor, add-config, warm-start and the demo's refusals
+(seconds). Every refusal is one line on stderr, `nnunet-dca COMMAND: error: ...`, and leaves the files as they were."""
 
 import json
 import os
@@ -10,12 +11,19 @@ import venv
 from pathlib import Path
 
 import pytest
+import torch
+from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+import nnunet_dca.demo
 import nnunet_dca.trainers
 from conftest import run
 from nnunet_dca.cli import main
+from nnunet_dca.demo import nnunet_command
 from nnunet_dca.trainers import trainer_dir
-from plans_examples import make_plans
+from nnunet_dca.trainers.nnUNetTrainerDCA import nnUNetTrainerDCA
+from plans_examples import DATASET_JSON, NUM_CLASSES, PRIMUS_3D, make_plans, single_thread  # noqa: F401 (autouse)
 
 NNUNET_PATHS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
@@ -37,6 +45,49 @@ def plans_file(nnunet_folders):
     path.parent.mkdir()
     path.write_text(json.dumps(make_plans(), indent=4))
     return path
+
+
+@pytest.fixture
+def user_plans_file(plans_file, capsys):
+    """plans_file after `add-config 999` (2d_dca), with configurations a user may add beside: 3d_fullres_bs4
+    (inherits 3d_fullres), 2d_dca_stock (inherits 2d_dca, with the stock U-Net) and 3d_primus (not a U-Net);
+    and the dataset.json nnU-Net's planning puts beside the plans."""
+    assert main(["add-config", "999"]) == 0
+    capsys.readouterr()
+    plans = json.loads(plans_file.read_text())
+    configurations = plans["configurations"]
+    configurations["3d_fullres_bs4"] = {"inherits_from": "3d_fullres", "batch_size": 4}
+    configurations["2d_dca_stock"] = {"inherits_from": "2d_dca", "architecture": configurations["2d"]["architecture"]}
+    configurations["3d_primus"] = {"inherits_from": "3d_fullres", "architecture": PRIMUS_3D}
+    plans_file.write_text(json.dumps(plans, indent=4))
+    (plans_file.parent / "dataset.json").write_text(json.dumps(DATASET_JSON))
+    return plans_file
+
+
+def build_network(trainer: type, configuration: str, input_channels: int = 1, plans: dict | None = None
+                  ) -> torch.nn.Module:
+    plans_manager = PlansManager(plans or make_plans())
+    return trainer.build_network_architecture(plans_manager, plans_manager.get_configuration(configuration),
+                                              input_channels, NUM_CLASSES)
+
+
+def save_checkpoint(path: Path, trainer: type = nnUNetTrainer, configuration: str = "2d",
+                    input_channels: int = 1) -> None:
+    """What nnU-Net's training saves, as far as -pretrained_weights reads it: the network's state dict."""
+    torch.save({"network_weights": build_network(trainer, configuration, input_channels).state_dict()}, path)
+
+
+@pytest.fixture
+def stock_checkpoint(user_plans_file, tmp_path):
+    """A checkpoint of the stock nnUNetTrainer on Dataset999_Tiny's 2d configuration."""
+    path = tmp_path / "stock.pth"
+    save_checkpoint(path)
+    return path
+
+
+def assert_one_line_error(stderr: str, command: str, message: str) -> None:
+    assert stderr.startswith(f"nnunet-dca {command}: error: ") and stderr.count("\n") == 1, stderr
+    assert message in stderr, stderr
 
 
 # trainer-dir
@@ -143,20 +194,69 @@ def test_add_config_names_the_plans_identifier_in_the_train_command(plans_file, 
 
 @pytest.mark.parametrize("arguments, message", [
     (["-c", "3d_lowres"], "configuration '3d_lowres' is not in"),
-    (["--n-blocks", "0"], "dca 'n_blocks' must be a positive integer"),
-    (["-p", "nnUNetResEncUNetLPlans"], "plans found for this dataset: ['nnUNetPlans']"),
+    (["--name", "2d"], "a name other than its source '2d'"),
+    (["--name", "2d_new", "--n-blocks", "0"], "dca 'n_blocks' must be a positive integer"),
+    (["--name", "2d_new", "--spatial-heads", "3"], "spatial_heads=3 at stage 0 must divide"),
+    ([], "configuration '2d_dca' already exists"),
+    (["-c", "2d_dca", "--name", "2d_new"], "configuration '2d_dca' already uses DCA"),
+    (["-c", "3d_primus"], "Primus does not expose U-Net skip connections"),
+    # the stock 3d_fullres replaced by a configuration inheriting from one that inherits from it: a cycle
+    (["-c", "3d_fullres_bs4", "--name", "3d_fullres", "--overwrite"], "'3d_fullres' was not made by nnunet-dca"),
+    # a DCA configuration may be replaced, but not by one inheriting from it
+    (["-c", "2d_dca_stock", "--name", "2d_dca", "--overwrite"], "configuration '2d_dca' would not resolve"),
 ])
-def test_add_config_errors_say_what_to_change(plans_file, capsys, arguments, message):
-    before = plans_file.read_text()
+def test_add_config_refusals_are_one_line_and_leave_the_plans_byte_for_byte(user_plans_file, capsys, arguments,
+                                                                             message):
+    before = user_plans_file.read_bytes()
     assert main(["add-config", "999", *arguments]) == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and message in captured.err and "Traceback" not in captured.err
-    assert plans_file.read_text() == before
+    assert captured.out == ""
+    assert_one_line_error(captured.err, "add-config", message)
+    assert user_plans_file.read_bytes() == before
+    plans_manager = PlansManager(str(user_plans_file))
+    for configuration in plans_manager.available_configurations:
+        plans_manager.get_configuration(configuration)  # they resolve as they stand: the change was refused
 
 
-def test_add_config_refuses_an_unknown_dataset(nnunet_folders, capsys):
-    assert main(["add-config", "998"]) == 2
-    assert "998" in capsys.readouterr().err
+def test_the_console_script_refuses_in_one_line_where_a_library_warns(user_plans_file):
+    # a fresh process, which imports Primus, and with it timm, which warns of a torch deprecation on import
+    result = subprocess.run([nnunet_command("nnunet-dca"), "add-config", "999", "-c", "3d_primus"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert_one_line_error(result.stderr, "add-config", "Pick a U-Net configuration as the source (-c).")
+
+
+def command_line(command: str, dataset: str, checkpoint: Path, *options: str) -> list[str]:
+    """`command` on `dataset`; warm-start from `checkpoint` on the 2d configuration."""
+    if command == "add-config":
+        return ["add-config", dataset, *options]
+    return ["warm-start", str(checkpoint), "-d", dataset, "-c", "2d", "-o", str(checkpoint.with_name("warm.pth")),
+            *options]
+
+
+@pytest.mark.parametrize("command", ["add-config", "warm-start"])
+@pytest.mark.parametrize("dataset, plans_text, options, message", [
+    ("998", None, [], "no dataset '998' in nnUNet_preprocessed="),
+    ("Hippocampus", None, [], "no dataset 'Hippocampus' in nnUNet_preprocessed="),
+    ("999", None, ["-p", "nnUNetResEncUNetLPlans"], "plans found for this dataset: ['nnUNetPlans']"),
+    ("999", '{"configurations": ', [], "nnUNetPlans.json is not valid JSON"),
+    ("999", "[]", [], "nnUNetPlans.json is not an nnU-Net plans file"),
+])
+def test_dataset_and_plans_refusals_are_one_line(stock_checkpoint, user_plans_file, capsys, command, dataset,
+                                                 plans_text, options, message):
+    if plans_text is not None:
+        user_plans_file.write_text(plans_text)
+    before = user_plans_file.read_bytes()
+    assert main(command_line(command, dataset, stock_checkpoint, *options)) == 2
+    assert_one_line_error(capsys.readouterr().err, command, message)
+    assert user_plans_file.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["add-config", "warm-start"])
+def test_an_unset_nnunet_preprocessed_is_one_line(stock_checkpoint, monkeypatch, capsys, command):
+    monkeypatch.delenv("nnUNet_preprocessed")
+    assert main(command_line(command, "999", stock_checkpoint)) == 2
+    assert_one_line_error(capsys.readouterr().err, command, "nnUNet_preprocessed is not set; export it")
 
 
 def test_add_config_replaces_a_configuration_only_with_overwrite(plans_file, capsys):
@@ -168,11 +268,111 @@ def test_add_config_replaces_a_configuration_only_with_overwrite(plans_file, cap
     assert dca["n_blocks"] == 2
 
 
-def test_add_config_rejects_a_bad_max_tokens_before_reading_plans(plans_file, capsys):
+# warm-start (a stock model fine-tuned by a DCA trainer through nnU-Net's -pretrained_weights)
+
+def non_dca(weights: dict) -> dict:
+    return {key: value for key, value in weights.items() if not key.startswith("dca.")}
+
+
+@pytest.mark.parametrize("configuration, trainer", [
+    ("2d", nnUNetTrainerDCA),    # the trainer route: -tr nnUNetTrainerDCA, the default
+    ("2d_dca", nnUNetTrainer),  # the plans-only route: the stock trainer on the configuration add-config made
+])
+def test_warm_start_writes_the_stock_weights_and_fresh_dca_weights_that_nnunet_loads(
+        user_plans_file, stock_checkpoint, tmp_path, capsys, configuration, trainer):
+    before = stock_checkpoint.read_bytes()
+    warm = tmp_path / "out" / "warm.pth"
+    trainer_options = [] if trainer is nnUNetTrainerDCA else ["-tr", trainer.__name__]
+    assert main(["warm-start", str(stock_checkpoint), "-d", "999", "-c", configuration, "-o", str(warm),
+                 *trainer_options]) == 0
+    assert f"-pretrained_weights {warm}" in capsys.readouterr().out
+    assert stock_checkpoint.read_bytes() == before
+
+    stock = torch.load(stock_checkpoint)["network_weights"]
+    written = torch.load(warm)["network_weights"]
+    assert non_dca(written).keys() == stock.keys()
+    assert all(torch.equal(written[key], value) for key, value in stock.items())
+    network = build_network(trainer, configuration, plans=json.loads(user_plans_file.read_text()))
+    dca_keys = network.state_dict().keys() - stock.keys()
+    assert dca_keys and all(key.startswith("dca.") for key in dca_keys) and written.keys() == stock.keys() | dca_keys
+
+    load_pretrained_weights(network, str(warm))  # nnU-Net's own loader, as nnUNetv2_train -pretrained_weights runs it
+    loaded = network.state_dict()
+    # all but the segmentation layers, which nnU-Net's loader leaves at their fresh init
+    assert all(torch.equal(loaded[key], value) for key, value in stock.items() if ".seg_layers." not in key)
+
+
+def checkpoint_of(trainer: type, configuration: str = "2d", input_channels: int = 1):
+    return lambda path: save_checkpoint(path, trainer, configuration, input_channels)
+
+
+@pytest.mark.parametrize("write_checkpoint, options, message", [
+    pytest.param(lambda path: None, [], "stock.pth does not exist", id="missing"),
+    pytest.param(lambda path: path.write_text("{}"), [], "stock.pth is not a PyTorch checkpoint", id="not torch"),
+    pytest.param(lambda path: torch.save({"state_dict": {}}, path), [], "stock.pth is not an nnU-Net checkpoint",
+                 id="not nnU-Net"),
+    pytest.param(checkpoint_of(nnUNetTrainerDCA), [], "stock.pth already holds DCA weights", id="DCA"),
+    pytest.param(checkpoint_of(nnUNetTrainer, "2d_resenc"), [], "missing encoder.stages.0", id="other configuration"),
+    pytest.param(checkpoint_of(nnUNetTrainer, "2d", input_channels=2), [],
+                 "encoder.stages.0.0.convs.0.conv.weight has shape", id="other data"),
+    pytest.param(checkpoint_of(nnUNetTrainer), ["-tr", "nnUNetTrainer"], "nnUNetTrainer builds no DCA",
+                 id="stock trainer"),
+    pytest.param(checkpoint_of(nnUNetTrainer), ["-tr", "nnUNetTrainerDCA_Typo"],
+                 "Could not find requested nnunet trainer nnUNetTrainerDCA_Typo", id="unknown trainer"),
+    pytest.param(checkpoint_of(nnUNetTrainer), ["-c", "3d_lowres"], "configuration 3d_lowres not found",
+                 id="unknown configuration"),
+    pytest.param(checkpoint_of(nnUNetTrainer), ["-c", "3d_primus"],
+                 "nnUNetTrainerDCA cannot build configuration '3d_primus': Primus", id="not a U-Net"),
+])
+def test_warm_start_refusals_are_one_line_and_write_nothing(user_plans_file, tmp_path, capsys, write_checkpoint,
+                                                            options, message):
+    checkpoint, warm = tmp_path / "stock.pth", tmp_path / "warm.pth"
+    write_checkpoint(checkpoint)
+    before = checkpoint.read_bytes() if checkpoint.exists() else None
+    assert main(["warm-start", str(checkpoint), "-d", "999", "-c", "2d", "-o", str(warm), *options]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert_one_line_error(captured.err, "warm-start", message)
+    assert not warm.exists()
+    assert (checkpoint.read_bytes() if checkpoint.exists() else None) == before
+
+
+def test_warm_start_never_replaces_the_input_and_an_output_only_with_overwrite(stock_checkpoint, tmp_path, capsys):
+    stock_bytes = stock_checkpoint.read_bytes()
+    warm = tmp_path / "warm.pth"
+    warm.write_bytes(b"mine")
+    warm_start = ["warm-start", str(stock_checkpoint), "-d", "999", "-c", "2d", "-o"]
+    assert main([*warm_start, str(warm)]) == 2
+    assert_one_line_error(capsys.readouterr().err, "warm-start", f"{warm} exists; pass --overwrite")
+    assert warm.read_bytes() == b"mine"
+    assert main([*warm_start, str(stock_checkpoint), "--overwrite"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "warm-start", "is the input checkpoint")
+    assert stock_checkpoint.read_bytes() == stock_bytes
+    assert main([*warm_start, str(warm), "--overwrite"]) == 0
+    assert non_dca(torch.load(warm)["network_weights"]).keys() == torch.load(stock_checkpoint)["network_weights"].keys()
+
+
+# mistakes in the command line itself, found before anything is read
+
+@pytest.mark.parametrize("arguments, command, message", [
+    ([], "", "the following arguments are required: COMMAND"),
+    (["train"], "", "invalid choice: 'train'"),
+    (["trainer-dir", "--shell"], "", "unrecognized arguments: --shell"),
+    (["doctor", "--fix"], "", "unrecognized arguments: --fix"),
+    (["add-config"], " add-config", "the following arguments are required: DATASET"),
+    (["add-config", "999", "--max-tokens", "lots"], " add-config", "positive integer or 'none'"),
+    (["demo", "--device", "tpu"], " demo", "invalid choice: 'tpu'"),
+    (["warm-start", "stock.pth", "-c", "2d", "-o", "warm.pth"], " warm-start", "required: -d"),
+])
+def test_usage_mistakes_are_one_line_that_points_to_help(plans_file, capsys, arguments, command, message):
+    before = plans_file.read_bytes()
     with pytest.raises(SystemExit) as exit_info:
-        main(["add-config", "999", "--max-tokens", "lots"])
+        main(arguments)
     assert exit_info.value.code == 2
-    assert "positive integer or 'none'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"nnunet-dca{command}: error: ") and err.count("\n") == 1, err
+    assert message in err and f"see nnunet-dca{command} --help" in err, err
+    assert plans_file.read_bytes() == before
 
 
 # demo refusals (the demo itself runs in test_end_to_end.py)
@@ -180,11 +380,31 @@ def test_add_config_rejects_a_bad_max_tokens_before_reading_plans(plans_file, ca
 def test_demo_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("keep")
     assert main(["demo", "--out", str(tmp_path)]) == 2
-    assert "is not an empty folder" in capsys.readouterr().err
+    assert_one_line_error(capsys.readouterr().err, "demo", "is not an empty folder")
     assert os.listdir(tmp_path) == ["mine.txt"]
 
 
 def test_demo_refuses_zero_iterations(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "new"), "--iterations", "0"]) == 2
-    assert "--iterations must be at least 1" in capsys.readouterr().err
+    assert_one_line_error(capsys.readouterr().err, "demo", "--iterations must be at least 1")
     assert not (tmp_path / "new").exists()
+
+
+def test_demo_refuses_an_out_folder_it_cannot_create(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep")
+    assert main(["demo", "--out", str(tmp_path / "mine.txt" / "demo")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "demo", f"cannot create {tmp_path / 'mine.txt' / 'demo'}")
+    assert os.listdir(tmp_path) == ["mine.txt"]
+
+
+def test_a_failed_demo_step_is_one_line_with_the_logs_last_line(tmp_path, monkeypatch, capsys):
+    failing = tmp_path / "nnUNetv2_failing"
+    failing.write_text("#!/bin/sh\necho 'Traceback (most recent call last):'\necho 'ValueError: no cases found'\n"
+                       "exit 3\n")
+    failing.chmod(0o755)
+    monkeypatch.setattr(nnunet_dca.demo, "nnunet_command", lambda name: str(failing))
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 2
+    log = tmp_path / "demo" / "logs" / "2_nnUNetv2_failing.log"
+    assert_one_line_error(capsys.readouterr().err, "demo",
+                          f"step 2 failed (exit code 3): ValueError: no cases found; the whole log: {log}")
+    assert "ValueError: no cases found" in log.read_text()

@@ -102,6 +102,27 @@ def test_plans_only_route_trains_with_a_stock_trainer_and_predicts_from_an_insta
         assert_same_geometry(tmp_path / "pred" / reference.name, reference)
 
 
+def test_a_stock_model_fine_tunes_with_dca_through_pretrained_weights(demo, tmp_path):
+    env = demo.env()
+    run(["nnUNetv2_train", TASK_ID, "2d", 0, "-tr", STOCK_STEP_TRAINER, *CPU], env)
+    stock_checkpoint = model_folder(demo, STOCK_STEP_TRAINER, "2d") / "fold_0" / "checkpoint_final.pth"
+    warm = tmp_path / "warm.pth"
+    # DCA_STEP_TRAINER, a subclass of nnUNetTrainerDCA on nnUNet_extTrainer, found as nnUNetv2_train finds it
+    output = run(["nnunet-dca", "warm-start", stock_checkpoint, "-d", TASK_ID, "-c", "2d", "-tr", DCA_STEP_TRAINER,
+                  "-o", warm], env)
+    assert f"-tr {DCA_STEP_TRAINER} -pretrained_weights {warm}" in output
+
+    stock = torch.load(stock_checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    written = torch.load(warm, map_location="cpu", weights_only=False)["network_weights"]
+    assert dca_weights({"network_weights": written})
+    assert {key: value for key, value in written.items() if not key.startswith("dca.")}.keys() == stock.keys()
+    assert all(torch.equal(written[key], value) for key, value in stock.items())
+
+    output = run(["nnUNetv2_train", TASK_ID, "2d", 0, "-tr", DCA_STEP_TRAINER, *CPU, "-pretrained_weights", warm], env)
+    assert re.search(rf"Loading pretrained weights from file +{re.escape(str(warm))}", output), output[-2000:]
+    assert dca_weights(final_checkpoint(model_folder(demo, DCA_STEP_TRAINER, "2d")))
+
+
 def test_a_resenc_plan_trains_dca(demo):
     run(["nnUNetv2_plan_and_preprocess", "-d", TASK_ID, "-pl", "nnUNetPlannerResEncM", "-c", "2d",
          "-np", 1, "-npfp", 1], demo.env(PLANNING_SETTINGS))

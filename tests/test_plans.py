@@ -144,6 +144,8 @@ def test_an_existing_configuration_is_replaced_only_when_asked(plans_file):
         add_dca_configuration(plans_file, dca={"n_blocks": 2})
     with pytest.raises(FileExistsError, match="--overwrite"):
         add_dca_configuration(plans_file, name="3d_fullres")  # a stock one, too
+    with pytest.raises(FileExistsError, match="'3d_fullres' was not made by nnunet-dca"):
+        add_dca_configuration(plans_file, name="3d_fullres", overwrite=True)  # and never replaced
     assert open(plans_file).read() == before
     add_dca_configuration(plans_file, dca={"n_blocks": 2}, overwrite=True)
     assert json.load(open(plans_file))["configurations"]["2d_dca"]["architecture"]["arch_kwargs"]["dca"]["n_blocks"] == 2
