@@ -89,11 +89,13 @@ def _check_ext_trainer() -> tuple[bool, str]:
 
 
 def _check_trainer_found() -> tuple[bool, str]:
-    # imported here: nnU-Net takes seconds to import, and only this check needs it
-    from nnunet_dca.warm_start import find_trainer_class
-
     try:
+        # imported here: nnU-Net takes seconds to import, and only this check needs it; a broken install is what
+        # doctor reports, not a traceback
+        from nnunet_dca.warm_start import find_trainer_class
         trainer = find_trainer_class("nnUNetTrainerDCA")
+    except ImportError as e:
+        return False, f"nnU-Net does not import ({e}): pip install 'nnunetv2>=2.8' into this environment"
     except RuntimeError as e:
         return False, str(e)
     found = os.path.dirname(_defining_file(trainer) or "an unknown file")

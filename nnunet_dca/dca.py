@@ -257,9 +257,11 @@ class DCA(nn.Module):
         # alive by the encoder and by this function anyway.
         # under DDP (nnU-Net converts every BatchNorm to SyncBatchNorm) the statistics span every process's batch
         group = _distributed_group(norm)
-        count = _values_per_channel(skip, group)
-        out, mean, inverse_std = checkpoint(_normalize_batch_and_relu, skip, refined, norm.weight, norm.bias,
-                                            norm.eps, group, count, use_reentrant=False)
+        if group is None and skip.numel() // channels < 2:
+            raise ValueError("DCA's BatchNorm needs more than one value per channel in training (got batch size x "
+                             f"skip size = {skip.numel() // channels}); use a larger batch or patch")
+        out, mean, inverse_std, count = checkpoint(_normalize_batch_and_relu, skip, refined, norm.weight, norm.bias,
+                                                   norm.eps, group, use_reentrant=False)
         _update_running_stats(norm, mean, inverse_std, count)
         return out
 
@@ -310,27 +312,31 @@ def _upsample_onto(refined: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
 
 
 def _normalize_batch_and_relu(skip: torch.Tensor, refined: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                              eps: float, group: dist.ProcessGroup | None, count: int
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                              eps: float, group: dist.ProcessGroup | None
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int | torch.Tensor]:
     """ReLU(BatchNorm(skip + upsampled refined)) with batch statistics, without touching running statistics.
 
-    The statistics are over this process's batch, or over the batches of every process in `group` (`count` values
-    per channel in all). Returns the output and the batch's per-channel mean and inverse standard deviation
-    (float32, as BatchNorm keeps them under autocast), from which the caller updates the running statistics once.
+    The statistics are over this process's batch, or over the batches of every process in `group`. Returns the
+    output, the batch's per-channel mean and inverse standard deviation (float32, as BatchNorm keeps them under
+    autocast) and the number of values per channel they are over, from which the caller updates the running
+    statistics once.
     """
     x = _upsample_onto(refined, skip)
     if group is None:
         # the op under F.batch_norm, which also returns the statistics it computed
         out, mean, inverse_std = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
-        return torch.relu_(out), mean, inverse_std
+        return torch.relu_(out), mean, inverse_std, x.numel() // x.shape[1]
     axes, per_channel = [0, *range(2, x.dim())], (1, -1, *[1] * (x.dim() - 2))
     x32 = at_least_float32(x)
+    # the count travels with the sums (processes' batches may differ) and stays a tensor: no host sync per stage
+    sums = _AllReduceSum.apply(torch.cat([x32.sum(axes), x32.new_tensor([x.numel() // x.shape[1]])]), group)
+    count = sums[-1]
+    mean = sums[:-1] / count
     # two passes, as BatchNorm: the variance from centered values, not from E[x^2] - E[x]^2
-    mean = _AllReduceSum.apply(x32.sum(axes), group) / count
     centered = x32 - mean.view(per_channel)
     inverse_std = torch.rsqrt(_AllReduceSum.apply(centered.square().sum(axes), group) / count + eps)
     out = centered * (inverse_std * weight).view(per_channel) + bias.view(per_channel)
-    return torch.relu_(out.to(x.dtype)), mean, inverse_std
+    return torch.relu_(out.to(x.dtype)), mean, inverse_std, count
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -363,22 +369,9 @@ def _distributed_group(norm: nn.Module) -> dist.ProcessGroup | None:
     return group if dist.get_world_size(group) > 1 else None
 
 
-def _values_per_channel(x: torch.Tensor, group: dist.ProcessGroup | None) -> int:
-    """Values per channel in the batch: this process's, or those of every process in `group`."""
-    count = x.numel() // x.shape[1]
-    if group is None:
-        return count
-    total = torch.tensor([count], device=x.device)
-    dist.all_reduce(total, group=group)
-    return int(total.item())
-
-
 def _update_running_stats(norm: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, inverse_std: torch.Tensor,
-                          count: int) -> None:
+                          count: int | torch.Tensor) -> None:
     """BatchNorm's update of its running statistics from one batch's statistics over `count` values per channel."""
-    if count < 2:
-        raise ValueError("DCA's BatchNorm needs more than one value per channel in training "
-                         f"(got batch size x skip size = {count}); use a larger batch or patch")
     with torch.no_grad():
         biased_var = inverse_std.pow(-2) - norm.eps
         norm.running_mean.lerp_(mean, norm.momentum)

@@ -157,6 +157,13 @@ def test_doctor_says_what_to_fix(nnunet_folders, monkeypatch, capsys):
     assert "Could not find requested nnunet trainer nnUNetTrainerDCA" in failures[3]
 
 
+def test_doctor_reports_an_nnunet_that_does_not_import_as_a_failed_check(nnunet_folders, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "nnunet_dca.warm_start", None)  # its import now raises ImportError
+    assert main(["doctor"]) == 1
+    failures = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    assert len(failures) == 1 and "nnU-Net does not import" in failures[0], failures
+
+
 def test_doctor_flags_a_stale_copy_that_nnunet_would_load_instead(nnunet_folders, monkeypatch, capsys):
     stale = nnunet_folders / "old_trainers"
     stale.mkdir()

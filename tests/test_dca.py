@@ -283,18 +283,20 @@ def test_bfloat16_autocast_stays_finite():
         assert (o.float() - r).abs().mean() < 0.05
 
 
-def overflowing_float16_case(size: tuple[int, ...]) -> tuple[DCA, list[torch.Tensor]]:
-    """Skips of one size with one dominant channel, query/key projections and LayerNorm gains grown to 4: float32
-    is finite, but the channel scores (a sum over all tokens) and the spatial scores pass float16's 65,504."""
+def overflowing_float16_case(size: tuple[int, ...], gain: float = 4.0, dominance: float = 30.0,
+                             **dca_kwargs) -> tuple[DCA, list[torch.Tensor]]:
+    """Skips of one size with one dominant channel, query/key projections and LayerNorm gains grown to `gain`: float32
+    is finite, but at 4 the channel scores (a sum over all tokens) pass float16's 65,504, and at 5 the spatial
+    scores of the dominant channels do too."""
     torch.manual_seed(0)
-    dca = DCA(PAPER_FEATURES, max_tokens=None, spatial_dims=len(size))
+    dca = DCA(PAPER_FEATURES, max_tokens=None, spatial_dims=len(size), **dca_kwargs)
     with torch.no_grad():
         for name, parameter in dca.named_parameters():
             if re.search(r"(query|key)\.weight$|_norms\.\d+\.weight$", name) and "output" not in name:
-                parameter.fill_(4.0)
+                parameter.fill_(gain)
     skips = skips_for(PAPER_FEATURES, [size] * 4, batch=1)
     for x in skips:
-        x[:, 0] += 30.0
+        x[:, 0] += dominance
     return dca, skips
 
 
@@ -313,6 +315,21 @@ def test_float16_autocast_stays_finite_and_close_where_float32_is_finite(size, f
         assert (o.float() - e).abs().max() < 4e-3 * e.abs().max()  # float16 keeps about three decimal digits
 
 
+def test_float16_autocast_spatial_math_path_forms_its_scores_in_float32():
+    # the fused kernels accumulate scores in float32 themselves; the explicit path has to
+    dca, skips = overflowing_float16_case((64, 64), gain=5.0, dominance=100.0, channel_attention=False,
+                                          fused_attention=False)
+    dca.eval()
+    with torch.no_grad():
+        expected = dca(skips)
+        with torch.autocast("cpu", dtype=torch.float16):
+            outs = dca(skips)
+    for o, e in zip(outs, expected):
+        assert torch.isfinite(e).all()
+        assert torch.isfinite(o).all()
+        assert (o.float() - e).abs().max() < 1e-3 * e.abs().max()
+
+
 @pytest.mark.parametrize("size", [(16, 16), (8, 8, 8)])
 def test_float16_autocast_training_step_has_finite_gradients(size):
     dca, skips = overflowing_float16_case(size)
@@ -322,6 +339,12 @@ def test_float16_autocast_training_step_has_finite_gradients(size):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in dca.parameters())
+
+
+def test_training_with_one_value_per_channel_is_refused_by_name():
+    dca = DCA([4, 8], token_grid=1).train()
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        dca([torch.randn(1, 4, 2, 2), torch.randn(1, 8, 1, 1)])
 
 
 def test_torch_compile_without_graph_breaks():

@@ -1,4 +1,4 @@
-"""DCA under data parallelism: two processes on the gloo backend, each with half a batch, as one process with all.
+"""DCA under data parallelism: two processes on the gloo backend, each with part of a batch, as one process with all.
 
 nnU-Net trains on several GPUs with DDP and converts every BatchNorm to SyncBatchNorm first. DCA's training tail
 normalizes by itself, so it has to synchronize its batch statistics itself, on any backend. nn.SyncBatchNorm runs
@@ -7,8 +7,6 @@ average the gradients with all_reduce as DDP does.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +18,9 @@ from nnunet_dca import DCA
 
 FEATURES = [8, 16, 32]
 SIZES = [(24, 20), (12, 10), (6, 5)]
-BATCH, WORLD_SIZE, STEPS = 4, 2, 2
+BATCH, STEPS = 4, 2
+# each process's samples: equal shares, and unequal ones (nnU-Net splits a batch of 366 over 4 GPUs as 92, 92, 91, 91)
+SPLITS = {"2+2": [slice(0, 2), slice(2, 4)], "3+1": [slice(0, 3), slice(3, 4)]}
 
 
 def make_case(step: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -36,14 +36,14 @@ def make_dca() -> DCA:
     return DCA(FEATURES, token_grid=(4, 3)).train()
 
 
-def train_steps(dca: nn.Module, samples: slice) -> dict[str, list]:
-    """Steps on the batch's `samples`; each loss is a mean over the samples it sees, as nnU-Net's losses are."""
+def train_steps(dca: nn.Module, samples: slice, sample_weights: torch.Tensor) -> dict[str, list]:
+    """Steps on the batch's `samples`, with a loss that weighs each sample's score by `sample_weights`."""
     record = {"outputs": [], "input_grads": [], "parameter_grads": []}
     for step in range(STEPS):
         skips, loss_weights = make_case(step)
         skips = [x[samples].requires_grad_() for x in skips]
         outputs = dca(skips)
-        loss = sum((o * w[samples]).flatten(1).sum(1).mean() for o, w in zip(outputs, loss_weights))
+        loss = sum(((o * w[samples]).flatten(1).sum(1) * sample_weights).sum() for o, w in zip(outputs, loss_weights))
         dca.zero_grad()
         loss.backward()
         parameter_grads = {name: p.grad.clone() for name, p in dca.named_parameters()}
@@ -58,38 +58,54 @@ def train_steps(dca: nn.Module, samples: slice) -> dict[str, list]:
     return record
 
 
-def data_parallel_worker(rank: int, rendezvous: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD_SIZE)
+def shares(split: list[slice]) -> list[int]:
+    return [s.stop - s.start for s in split]
+
+
+def data_parallel_worker(rank: int, split_name: str, rendezvous: str, out: str) -> None:
+    split = SPLITS[split_name]
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=len(split))
     try:
         dca = nn.SyncBatchNorm.convert_sync_batchnorm(make_dca())  # what nnUNetTrainer.initialize does under DDP
-        share = BATCH // WORLD_SIZE
-        torch.save(train_steps(dca, slice(rank * share, (rank + 1) * share)), f"{out}/rank{rank}.pt")
+        # each process's loss is the mean over its own samples, as nnU-Net's losses are
+        mean_weights = torch.full((shares(split)[rank],), 1 / shares(split)[rank])
+        torch.save(train_steps(dca, split[rank], mean_weights), f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
+@pytest.fixture(scope="module", params=list(SPLITS))
+def split_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def data_parallel(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+def data_parallel(split_name: str, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     folder = tmp_path_factory.mktemp("ddp")
-    mp.spawn(data_parallel_worker, args=(str(folder / "rendezvous"), str(folder)), nprocs=WORLD_SIZE)
-    return [torch.load(folder / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    world_size = len(SPLITS[split_name])
+    mp.spawn(data_parallel_worker, args=(split_name, str(folder / "rendezvous"), str(folder)), nprocs=world_size)
+    return [torch.load(folder / f"rank{rank}.pt") for rank in range(world_size)]
 
 
 @pytest.fixture(scope="module")
-def one_process() -> dict:
-    return train_steps(make_dca(), slice(None))
+def one_process(split_name: str) -> dict:
+    # what DDP optimizes: the average over processes of each one's mean loss, so each sample weighs
+    # 1 / (processes x its process's share)
+    split = SPLITS[split_name]
+    sample_weights = torch.cat([torch.full((n,), 1 / (len(split) * n)) for n in shares(split)])
+    return train_steps(make_dca(), slice(None), sample_weights)
 
 
-def test_outputs_and_input_gradients_equal_one_process_on_the_whole_batch(data_parallel, one_process):
-    share = BATCH // WORLD_SIZE
+def test_outputs_and_input_gradients_equal_one_process_on_the_whole_batch(split_name, data_parallel, one_process):
+    world_size = len(data_parallel)
     for step in range(STEPS):
-        for rank, record in enumerate(data_parallel):
-            samples = slice(rank * share, (rank + 1) * share)
+        for samples, record in zip(SPLITS[split_name], data_parallel):
             for output, expected in zip(record["outputs"][step], one_process["outputs"][step]):
                 torch.testing.assert_close(output, expected[samples], atol=1e-5, rtol=1e-5)
-            # each process's loss is a mean over half the batch: twice the weight of the whole batch's mean
+            # a process's input gradient is that of the sum of all processes' losses, the objective times
+            # the number of processes
             for grad, expected in zip(record["input_grads"][step], one_process["input_grads"][step]):
-                torch.testing.assert_close(grad / WORLD_SIZE, expected[samples], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(grad / world_size, expected[samples], atol=1e-5, rtol=1e-5)
 
 
 def test_averaged_parameter_gradients_equal_one_process(data_parallel, one_process):

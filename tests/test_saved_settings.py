@@ -15,6 +15,7 @@ import pytest
 from conftest import DCA_STEP_TRAINER, run
 from nnunet_dca.config import DEFAULTS
 from nnunet_dca.demo import PLANNING_SETTINGS, TASK_ID, nnunet_command
+from nnunet_dca.trainers.nnUNetTrainerDCA import RESOLVED_KEY
 from test_end_to_end import CPU, PREDICT_OPTIONS, model_folder
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +37,8 @@ def test_predictions_keep_the_trained_settings_after_replanning_and_a_mismatchin
     (dataset / f"{PLANS}.json").write_text(json.dumps(plans, indent=4))
     run(["nnUNetv2_train", TASK_ID, "2d", 0, "-tr", DCA_STEP_TRAINER, "-p", PLANS, *CPU], env)
     model = model_folder(demo, DCA_STEP_TRAINER, "2d", PLANS)
-    assert json.loads((model / "plans.json").read_text())["configurations"]["2d"]["dca"] == {**DEFAULTS, **BLOCK}
+    saved = json.loads((model / "plans.json").read_text())["configurations"]["2d"]
+    assert saved[RESOLVED_KEY] == {**DEFAULTS, **BLOCK}
 
     def predict(out: Path) -> dict[str, np.ndarray]:
         run(["nnUNetv2_predict", "-i", demo.layout.raw / demo.layout.dataset_name / "imagesTs", "-o", out,

@@ -17,7 +17,7 @@ from nnunet_dca.network import DCAUNet
 from nnunet_dca.plans import add_dca_configuration
 from nnunet_dca.trainers import nnUNetTrainerDCA as trainers_module
 from nnunet_dca.trainers import trainer_dir
-from nnunet_dca.trainers.nnUNetTrainerDCA import (nnUNetTrainerDCA, nnUNetTrainerDCA_5epochs,
+from nnunet_dca.trainers.nnUNetTrainerDCA import (RESOLVED_KEY, nnUNetTrainerDCA, nnUNetTrainerDCA_5epochs,
                                                   nnUNetTrainerDCA_CCAOnly, nnUNetTrainerDCA_FullGrid,
                                                   nnUNetTrainerDCA_SCAOnly)
 from plans_examples import DATASET_JSON, NotAUNet, NUM_CLASSES, PATCH_SIZES, make_plans, single_thread  # noqa: F401 (autouse)
@@ -183,7 +183,7 @@ def test_the_plans_a_trainer_saves_hold_every_dca_setting_with_its_overrides(nnu
     plans = make_plans()
     plans["configurations"]["2d"]["dca"] = {"max_tokens": 64}
     trainer = new_trainer(nnUNetTrainerDCA_SCAOnly, plans)
-    saved = trainer.plans_manager.plans["configurations"]["2d"]["dca"]
+    saved = trainer.plans_manager.plans["configurations"]["2d"][RESOLVED_KEY]
     assert saved == {**DEFAULTS, "max_tokens": 64, "channel_attention": False}
     assert json.loads(json.dumps(saved)) == saved  # JSON as it is
 
@@ -197,6 +197,27 @@ def test_a_model_folder_builds_from_its_saved_settings_when_the_defaults_change(
         model_folder_plans, model_folder_plans.get_configuration("2d"), 1, NUM_CLASSES, False)
     assert network.dca.max_tokens == 1024
     assert network.dca.blocks[0].spatial_attentions[0].heads == 4
+
+
+def test_a_model_folder_builds_from_its_saved_settings_when_a_variants_overrides_change(nnunet_folders,
+                                                                                         monkeypatch):
+    trainer = new_trainer(nnUNetTrainerDCA_FullGrid)
+    model_folder_plans = PlansManager(json.loads(json.dumps(trainer.plans_manager.plans)))
+    monkeypatch.setattr(nnUNetTrainerDCA_FullGrid, "dca_overrides", {"max_tokens": 256})
+    network = nnUNetTrainerDCA_FullGrid.build_network_architecture(
+        model_folder_plans, model_folder_plans.get_configuration("2d"), 1, NUM_CLASSES, False)
+    assert network.dca.max_tokens is None
+    # and a new fold with the new overrides is refused
+    save_model_folder_plans(trainer)
+    with pytest.raises(RuntimeError, match=r"max_tokens: null there, 256 now"):
+        new_trainer(nnUNetTrainerDCA_FullGrid, fold=1)
+
+
+def test_a_resolved_block_in_the_plans_given_is_not_taken_for_this_trainers(nnunet_folders):
+    plans = json.loads(json.dumps(new_trainer(nnUNetTrainerDCA_SCAOnly).plans_manager.plans))  # copied back
+    trainer = new_trainer(nnUNetTrainerDCA_CCAOnly, plans=plans)
+    assert trainer.plans_manager.plans["configurations"]["2d"][RESOLVED_KEY]["channel_attention"] is True
+    assert trainer.plans_manager.plans["configurations"]["2d"][RESOLVED_KEY]["spatial_attention"] is False
 
 
 def test_a_fold_with_the_settings_of_its_model_folder_starts(nnunet_folders):
@@ -219,8 +240,8 @@ def test_a_fold_with_other_settings_than_its_model_folder_is_refused_naming_them
 
 def test_a_model_folder_without_saved_settings_is_not_compared(nnunet_folders):
     legacy = new_trainer(fold=0)
-    del legacy.plans_manager.plans["configurations"]["2d"]["dca"]
+    del legacy.plans_manager.plans["configurations"]["2d"][RESOLVED_KEY]
     save_model_folder_plans(legacy)
     plans = make_plans()
     plans["configurations"]["2d"]["dca"] = {"n_blocks": 2}
-    assert new_trainer(plans=plans, fold=1).plans_manager.plans["configurations"]["2d"]["dca"]["n_blocks"] == 2
+    assert new_trainer(plans=plans, fold=1).plans_manager.plans["configurations"]["2d"][RESOLVED_KEY]["n_blocks"] == 2

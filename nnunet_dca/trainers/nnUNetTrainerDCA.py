@@ -23,14 +23,17 @@ from torch import nn
 from nnunet_dca.config import resolved_dca_block
 from nnunet_dca.network import DCAUNet
 
+RESOLVED_KEY = "dca_resolved"  # where a model folder's plans.json keeps the settings its folds were trained with
+
 
 class nnUNetTrainerDCA(nnUNetTrainer):
     """nnUNetTrainer whose network is the plans' U-Net with DCA on its first encoder skips (see DCAUNet).
 
     DCA settings: the configuration's optional `dca` block in the plans, with `dca_overrides` merged over it and
-    every default filled in. The trainer writes that resolved block into the plans.json it keeps in the model folder,
-    and prediction builds from it, so a model keeps its settings when the plans or the defaults change later. A fold
-    whose settings differ from those already in its model folder is refused before it trains.
+    every default filled in. The trainer writes that resolved block, as `dca_resolved`, into the plans.json it keeps
+    in the model folder, and prediction builds from it as it is, so a model keeps its settings when the plans, the
+    defaults or a variant's overrides change later. A fold whose settings differ from those already in its model
+    folder is refused before it trains.
     A subclass sets `dca_overrides` and/or `epochs` (None keeps nnU-Net's default) and nothing else.
     """
 
@@ -43,16 +46,25 @@ class nnUNetTrainerDCA(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.epochs is not None:
             self.num_epochs = self.epochs
-        dca = self.resolved_dca_block(self.configuration_manager.configuration)
+        # resolved anew, never taken from the plans given: a resolved block there (a model folder's plans.json
+        # copied back) may be another trainer's
+        dca = self._resolve(self.configuration_manager.configuration)
         if self.output_folder_base is not None:
             self._check_model_folder_settings(dca)
         # nnUNetTrainer.on_train_start saves these plans as the model folder's plans.json
-        self.plans_manager.plans["configurations"][configuration]["dca"] = dca
-        self.configuration_manager.configuration["dca"] = dca
+        self.plans_manager.plans["configurations"][configuration][RESOLVED_KEY] = dca
+        self.configuration_manager.configuration[RESOLVED_KEY] = dca
 
     @classmethod
-    def resolved_dca_block(cls, configuration: dict) -> dict[str, Any]:
-        """A plans configuration's `dca` block with this trainer's `dca_overrides` over it, every default filled in."""
+    def dca_settings(cls, configuration: dict) -> dict[str, Any]:
+        """The DCA settings a plans configuration builds with: a model folder's resolved block as it is, else the
+        configuration's `dca` block with this trainer's `dca_overrides` over it, every default filled in."""
+        if RESOLVED_KEY in configuration:
+            return resolved_dca_block(configuration[RESOLVED_KEY])
+        return cls._resolve(configuration)
+
+    @classmethod
+    def _resolve(cls, configuration: dict) -> dict[str, Any]:
         return resolved_dca_block({**(configuration.get("dca") or {}), **cls.dca_overrides})
 
     # a classmethod where nnU-Net has a staticmethod: called the same way, and sees a variant's dca_overrides
@@ -62,17 +74,17 @@ class nnUNetTrainerDCA(nnUNetTrainer):
                                    enable_deep_supervision: bool = True) -> nn.Module:
         network = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                      num_output_channels, enable_deep_supervision)
-        return DCAUNet(network, cls.resolved_dca_block(configuration_manager.configuration))
+        return DCAUNet(network, cls.dca_settings(configuration_manager.configuration))
 
     def _check_model_folder_settings(self, dca: dict[str, Any]) -> None:
         saved_plans = join(self.output_folder_base, "plans.json")
         if not isfile(saved_plans):
             return
-        saved_configuration = load_json(saved_plans)["configurations"].get(self.configuration_name, {})
+        saved = load_json(saved_plans)["configurations"].get(self.configuration_name, {}).get(RESOLVED_KEY)
         # a model folder of an nnunet-dca that saved no settings keeps no record to compare with
-        if "dca" not in saved_configuration:
+        if saved is None:
             return
-        saved = self.resolved_dca_block(saved_configuration)
+        saved = resolved_dca_block(saved)
         differences = [f"{key}: {json.dumps(saved[key])} there, {json.dumps(dca[key])} now"
                        for key in saved if saved[key] != dca[key]]
         if differences:
