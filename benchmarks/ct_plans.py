@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from nnunet_dca.trainers.nnUNetTrainerDCA import nnUNetTrainerDCA, nnUNetTrainerDCA_FullGrid
 
-NUM_CLASSES = 3
+# one CT channel, background and two organs
+DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ1": 1, "organ2": 2},
+                "numTraining": 1, "file_ending": ".nii.gz"}
 
 
 def ct_configuration(patch_size: list[int], n_stages: int, max_features: int) -> dict:

@@ -6,7 +6,11 @@ nnUNetTrainerDCA through nnUNet_extTrainer. One synthetic preprocessed volume; t
 table gives median times and the median of the per-pair ratios. Mirroring is off unless --mirroring (it multiplies
 both times alike).
 
-    python benchmarks/inference.py [--configs 2d_512 3d_128] [--repeats 3] [--device cpu|cuda] [--mirroring]
+    python benchmarks/inference.py [--configs 2d_512 3d_128]
+                                   [--plans ../shared/plans/Dataset004_Hippocampus/nnUNetPlans.json -c 2d 3d_fullres]
+                                   [--repeats 3] [--device cpu|cuda] [--mirroring]
+
+A plans file's configurations predict an image of the plans' median size.
 """
 
 from __future__ import annotations
@@ -21,60 +25,55 @@ import time
 
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from ct_plans import CONFIGS, NUM_CLASSES, plans_with
+from cases import Case, ct_cases, plans_cases
+from ct_plans import CONFIGS
 from measure import synchronize
 from nnunet_dca.trainers import trainer_dir
 
-# a few slices or a few 3D tiles: enough for the sliding window to overlap tiles
-VOLUMES = {"2d_256": (4, 256, 256), "2d_512": (4, 512, 512), "2d_512_fullgrid": (4, 512, 512),
-           "3d_128": (128, 128, 160)}
 
-
-def write_model_folder(folder: str, config: str, trainer: type) -> None:
+def write_model_folder(folder: str, case: Case, network: str) -> None:
     """A model folder as nnUNetv2_train writes it, with the trainer's network at its initial (random) weights."""
-    plans = plans_with(config)
-    dataset = {"channel_names": {"0": "CT"}, "labels": {"background": 0, **{f"organ{i}": i for i in
-                                                                           range(1, NUM_CLASSES)}},
-               "numTraining": 1, "file_ending": ".nii.gz"}
-    plans_manager = PlansManager(plans)
-    torch.manual_seed(0)
-    network = trainer.build_network_architecture(plans_manager, plans_manager.get_configuration(config), 1,
-                                                 NUM_CLASSES, False)
+    trainer = case.trainer(network)
+    weights = case.build(network, deep_supervision=False).state_dict()
     os.makedirs(os.path.join(folder, "fold_0"))
-    for name, content in (("plans.json", plans), ("dataset.json", dataset)):
+    for name, content in (("plans.json", case.plans), ("dataset.json", case.dataset_json)):
         with open(os.path.join(folder, name), "w") as f:
             json.dump(content, f)
-    dims = len(CONFIGS[config][0]["patch_size"])
-    torch.save({"network_weights": network.state_dict(), "trainer_name": trainer.__name__,
-                "init_args": {"configuration": config}, "inference_allowed_mirroring_axes": tuple(range(dims))},
-               os.path.join(folder, "fold_0", "checkpoint_final.pth"))
+    dims = len(case.configuration_manager.patch_size)
+    torch.save({"network_weights": weights, "trainer_name": trainer.__name__,
+                "init_args": {"configuration": case.configuration}, "inference_allowed_mirroring_axes":
+                    tuple(range(dims))}, os.path.join(folder, "fold_0", "checkpoint_final.pth"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=["2d_512", "3d_128"], choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="*", default=None, choices=list(CONFIGS),
+                        help="CT-like configurations (default: 2d_512 3d_128, unless --plans is given)")
+    parser.add_argument("--plans", help="a plans file nnU-Net wrote, with its dataset.json beside it")
+    parser.add_argument("-c", dest="plans_configurations", nargs="+", default=["2d"],
+                        help="configurations of --plans (default: 2d)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--mirroring", action="store_true", help="test-time mirroring, as nnUNetv2_predict does")
     args = parser.parse_args()
     os.environ["nnUNet_extTrainer"] = os.pathsep.join(filter(None, [trainer_dir(),
                                                                     os.environ.get("nnUNet_extTrainer")]))
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    configs = args.configs if args.configs is not None else ([] if args.plans else ["2d_512", "3d_128"])
+    cases = ct_cases(configs) + (plans_cases(args.plans, args.plans_configurations) if args.plans else [])
 
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
-        for config in args.configs:
+        for index, case in enumerate(cases):
             predictors = {}
-            for network, trainer in (("stock", nnUNetTrainer), ("dca", CONFIGS[config][1])):
-                folder = os.path.join(workdir, f"{config}_{network}")
-                write_model_folder(folder, config, trainer)
+            for network in ("stock", "dca"):
+                folder = os.path.join(workdir, f"{index}_{network}")
+                write_model_folder(folder, case, network)
                 predictor = nnUNetPredictor(use_mirroring=args.mirroring, device=torch.device(args.device),
                                             allow_tqdm=False)
                 predictor.initialize_from_trained_model_folder(folder, use_folds=(0,))
                 predictors[network] = predictor
-            volume = torch.randn(1, *VOLUMES[config], generator=torch.Generator().manual_seed(0))
+            volume = torch.randn(case.input_channels, *case.volume, generator=torch.Generator().manual_seed(0))
             times = {"stock": [], "dca": []}
             for repeat in range(args.repeats + 1):  # the first round warms up
                 for network, predictor in predictors.items():
@@ -85,7 +84,7 @@ def main() -> None:
                     if repeat:
                         times[network].append(time.perf_counter() - start)
             ratio = statistics.median(d / s for d, s in zip(times["dca"], times["stock"]))
-            rows.append(f"| {config} | {'x'.join(map(str, VOLUMES[config]))} | "
+            rows.append(f"| {case.name} | {'x'.join(map(str, case.volume))} | "
                         f"{statistics.median(times['stock']):.2f} | {statistics.median(times['dca']):.2f} | "
                         f"{ratio:.3f} |")
     print(f"Sliding-window inference (nnUNetPredictor, step 0.5, gaussian, mirroring "
