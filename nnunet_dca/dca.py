@@ -24,7 +24,6 @@ from torch.utils.checkpoint import checkpoint
 
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 BATCH_NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-INTERPOLATION = {2: "bilinear", 3: "trilinear"}
 
 
 class DepthwiseProjection(nn.Module):
@@ -305,10 +304,40 @@ def _upsample_onto(refined: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     """skip + refined upsampled to the skip's size (bilinear or trilinear, align_corners=True)."""
     if refined.shape[2:] == skip.shape[2:]:
         return refined + skip
-    upsampled = F.interpolate(refined, size=skip.shape[2:], mode=INTERPOLATION[skip.dim() - 2], align_corners=True)
+    upsampled = upsample_linear(refined, tuple(skip.shape[2:]))
     # in place on the fresh upsampled map only (never on an input): the interpolation's backward does not read its
     # output, and at skip resolution an allocation costs as much as the addition
     return upsampled.add_(skip)
+
+
+def upsample_linear(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """F.interpolate(x, size, mode="bilinear" or "trilinear", align_corners=True), as one small matrix product per
+    axis. (B, C, *spatial) -> (B, C, *size), contiguous.
+
+    Linear interpolation is separable. On CPU the products run several times faster than F.interpolate, which
+    converts memory layouts at the output's size, in forward and in backward.
+    """
+    for axis in reversed(range(x.dim() - 2)):
+        size_in, size_out = x.shape[2 + axis], size[axis]
+        if size_in == size_out:
+            continue
+        weights = _interpolation_weights(size_out, size_in, x)
+        if axis == x.dim() - 3:  # the last axis: (..., size_in) @ (size_in, size_out)
+            x = x @ weights.transpose(0, 1)
+        else:  # (size_out, size_in) @ (..., size_in, the axes after it)
+            leading, trailing = x.shape[:2 + axis], x.shape[3 + axis:]
+            x = (weights @ x.reshape(*leading, size_in, math.prod(trailing))).view(*leading, size_out, *trailing)
+    return x
+
+
+def _interpolation_weights(size_out: int, size_in: int, like: torch.Tensor) -> torch.Tensor:
+    """(size_out, size_in): linear interpolation with align_corners=True, output point i at input position
+    p_i = i (size_in - 1) / (size_out - 1); its weight on input point j is the hat function max(0, 1 - |p_i - j|)."""
+    step = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+    dtype = torch.promote_types(like.dtype, torch.float32)  # float16 positions lose their fractions past 1024
+    positions = torch.arange(size_out, device=like.device, dtype=dtype) * step
+    inputs = torch.arange(size_in, device=like.device, dtype=dtype)
+    return (1 - (positions[:, None] - inputs).abs()).clamp_(min=0).to(like.dtype)
 
 
 def _normalize_batch_and_relu(skip: torch.Tensor, refined: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,

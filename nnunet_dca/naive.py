@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_dca.dca import BATCH_NORM, CONV, INTERPOLATION
+from nnunet_dca.dca import BATCH_NORM, CONV
+
+INTERPOLATION = {2: "bilinear", 3: "trilinear"}
 
 
 def _depthwise_projection(channels: int, spatial_dims: int) -> nn.Module:

@@ -3,10 +3,12 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nnunet_dca import DCA
-from nnunet_dca.dca import ChannelCrossAttention, SpatialCrossAttention, capped_grid, state_dict_from_reference
+from nnunet_dca.dca import (ChannelCrossAttention, SpatialCrossAttention, capped_grid, state_dict_from_reference,
+                            upsample_linear)
 from nnunet_dca.naive import NaiveDCA
 
 PAPER_FEATURES = [32, 64, 128, 256]
@@ -339,6 +341,22 @@ def test_float16_autocast_training_step_has_finite_gradients(size):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in dca.parameters())
+
+
+@pytest.mark.parametrize("size_in, size_out", [
+    ((14, 10), (56, 40)), ((7, 5), (37, 29)), ((1, 3), (4, 9)), ((4, 4), (1, 7)), ((6, 9), (6, 4)),
+    ((3, 4, 5), (12, 7, 5)), ((1, 2, 2), (5, 9, 3)),
+])
+def test_upsample_linear_equals_interpolate_with_align_corners(size_in, size_out):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size_in, dtype=torch.float64, requires_grad=True)
+    mode = "bilinear" if len(size_in) == 2 else "trilinear"
+    expected = F.interpolate(x, size=size_out, mode=mode, align_corners=True)
+    actual = upsample_linear(x, size_out)
+    assert actual.shape == expected.shape and actual.is_contiguous()
+    torch.testing.assert_close(actual, expected)
+    grad = torch.randn_like(expected)
+    torch.testing.assert_close(torch.autograd.grad(actual, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
 
 
 def test_training_with_one_value_per_channel_is_refused_by_name():
