@@ -16,19 +16,17 @@ A plans file's configurations predict an image of the plans' median size.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
-import platform
-import statistics
 import tempfile
-import time
 
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from cases import Case, ct_cases, plans_cases
 from ct_plans import CONFIGS
-from measure import synchronize
+from measure import alternated_times, environment, ratio_cells
 from nnunet_dca.trainers import trainer_dir
 
 
@@ -44,6 +42,11 @@ def write_model_folder(folder: str, case: Case, network: str) -> None:
     torch.save({"network_weights": weights, "trainer_name": trainer.__name__,
                 "init_args": {"configuration": case.configuration}, "inference_allowed_mirroring_axes":
                     tuple(range(dims))}, os.path.join(folder, "fold_0", "checkpoint_final.pth"))
+
+
+def predict(predictor: nnUNetPredictor, volume: torch.Tensor) -> None:
+    with torch.no_grad():
+        predictor.predict_sliding_window_return_logits(volume)
 
 
 def main() -> None:
@@ -74,22 +77,13 @@ def main() -> None:
                 predictor.initialize_from_trained_model_folder(folder, use_folds=(0,))
                 predictors[network] = predictor
             volume = torch.randn(case.input_channels, *case.volume, generator=torch.Generator().manual_seed(0))
-            times = {"stock": [], "dca": []}
-            for repeat in range(args.repeats + 1):  # the first round warms up
-                for network, predictor in predictors.items():
-                    start = time.perf_counter()
-                    with torch.no_grad():
-                        predictor.predict_sliding_window_return_logits(volume)
-                    synchronize(args.device)
-                    if repeat:
-                        times[network].append(time.perf_counter() - start)
-            ratio = statistics.median(d / s for d, s in zip(times["dca"], times["stock"]))
-            rows.append(f"| {case.name} | {'x'.join(map(str, case.volume))} | "
-                        f"{statistics.median(times['stock']):.2f} | {statistics.median(times['dca']):.2f} | "
-                        f"{ratio:.3f} |")
+            calls = {network: functools.partial(predict, predictor, volume) for network, predictor in predictors.items()}
+            alternated_times(calls, 1, args.device)  # warm-up
+            times = alternated_times(calls, args.repeats, args.device)
+            rows.append(f"| {case.name} | {'x'.join(map(str, case.volume))} | {ratio_cells(times)} |")
     print(f"Sliding-window inference (nnUNetPredictor, step 0.5, gaussian, mirroring "
-          f"{'on' if args.mirroring else 'off'}), median of {args.repeats} alternated runs; {args.device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
+          f"{'on' if args.mirroring else 'off'}), median of {args.repeats} alternated runs; "
+          f"{environment(args.device)}")
     print("| config | volume | stock (s) | DCA (s) | time DCA / stock |")
     print("| --- | --- | --- | --- | --- |")
     print("\n".join(rows))

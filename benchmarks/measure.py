@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+import statistics
+import time
 from typing import Callable
 
 import torch
@@ -34,3 +37,25 @@ def peak_bytes(step: Callable[[], object], device: str) -> int:
         held += nbytes
         peak = max(peak, held)
     return peak
+
+
+def alternated_times(calls: dict[str, Callable[[], object]], repeats: int, device: str) -> dict[str, list[float]]:
+    """Seconds of each call in `repeats` rounds, the calls alternating within a round (warm up before)."""
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ratio_cells(times: dict[str, list[float]]) -> str:
+    """Table cells: stock's median seconds | DCA's | the median of the per-round ratios DCA / stock."""
+    ratio = statistics.median(d / s for d, s in zip(times["dca"], times["stock"]))
+    return f"{statistics.median(times['stock']):.2f} | {statistics.median(times['dca']):.2f} | {ratio:.3f}"
+
+
+def environment(device: str) -> str:
+    return f"{device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}"

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -54,6 +52,11 @@ def write_preprocessed_dataset(folder: str, case, n_cases: int) -> None:
         nnUNetDatasetNumpy.save_case(data, seg, properties, os.path.join(data_folder, f"case_{index:03d}"))
 
 
+def iteration(trainer) -> None:
+    """What nnUNetTrainer.run_training does per iteration: the next batch, then train_step."""
+    trainer.train_step(next(trainer.dataloader_train))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plans", required=True, help="a plans file nnU-Net wrote, with its dataset.json beside it")
@@ -72,6 +75,7 @@ def main() -> None:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from cases import plans_cases
+    from measure import alternated_times, environment, ratio_cells
     from nnunet_dca.trainers.nnUNetTrainerDCA import nnUNetTrainerDCA
 
     rows = []
@@ -86,29 +90,20 @@ def main() -> None:
                     trainer.on_train_start()
                     trainer.on_train_epoch_start()
                 trainers[network] = trainer
-            times = {"stock": [], "dca": []}
-            for repeat in range(args.repeats + 1):  # the first round warms up
-                for network, trainer in trainers.items():
-                    start = time.perf_counter()
-                    trainer.train_step(next(trainer.dataloader_train))
-                    if args.device == "cuda":
-                        torch.cuda.synchronize()
-                    if repeat:
-                        times[network].append(time.perf_counter() - start)
+            calls = {network: functools.partial(iteration, trainer) for network, trainer in trainers.items()}
+            alternated_times(calls, 1, args.device)  # warm-up
+            times = alternated_times(calls, args.repeats, args.device)
             for trainer in trainers.values():
                 with contextlib.redirect_stdout(io.StringIO()):
                     trainer.on_train_end()
-            ratio = statistics.median(d / s for d, s in zip(times["dca"], times["stock"]))
             configuration = case.configuration_manager
             rows.append(f"| {case.name} | {configuration.batch_size} x {'x'.join(map(str, configuration.patch_size))} "
-                        f"| {statistics.median(times['stock']):.2f} | {statistics.median(times['dca']):.2f} | "
-                        f"{ratio:.3f} |")
+                        f"| {ratio_cells(times)} |")
             shutil.rmtree(os.environ["nnUNet_preprocessed"])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"nnU-Net training iteration (dataloader with {args.workers} augmentation workers, train_step), median of "
-          f"{args.repeats} alternated runs; {args.device}, torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, {platform.machine()}")
+          f"{args.repeats} alternated runs; {environment(args.device)}")
     print("| config | batch x patch | stock (s) | DCA (s) | time DCA / stock |")
     print("| --- | --- | --- | --- | --- |")
     print("\n".join(rows))

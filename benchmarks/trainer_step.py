@@ -15,9 +15,6 @@ table gives median times and the median of the per-pair ratios, and the peak mem
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import time
 from typing import Callable
 
 import torch
@@ -25,7 +22,7 @@ import torch.nn.functional as F
 
 from cases import Case, ct_cases, plans_cases
 from ct_plans import CONFIGS
-from measure import peak_bytes, synchronize
+from measure import alternated_times, environment, peak_bytes, ratio_cells, synchronize
 
 
 def training_step(case: Case, network: torch.nn.Module, device: str, amp: bool) -> Callable[[], None]:
@@ -47,12 +44,6 @@ def training_step(case: Case, network: torch.nn.Module, device: str, amp: bool) 
         synchronize(device)
 
     return step
-
-
-def timed(step: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -79,21 +70,15 @@ def main() -> None:
             steps[network] = training_step(case, torch.compile(model) if args.compile else model, args.device,
                                            args.amp)
             steps[network]()  # warm-up (and compilation)
-        times = {"stock": [], "dca": []}
-        for _ in range(args.repeats):
-            for network in ("stock", "dca"):
-                times[network].append(timed(steps[network]))
-        ratio = statistics.median(d / s for d, s in zip(times["dca"], times["stock"]))
+        times = alternated_times(steps, args.repeats, args.device)
         peaks = {network: peak_bytes(step, args.device) for network, step in steps.items()}
         configuration = case.configuration_manager
         rows.append(f"| {case.name} | {configuration.batch_size} x {'x'.join(map(str, configuration.patch_size))} | "
-                    f"{statistics.median(times['stock']):.2f} | {statistics.median(times['dca']):.2f} | "
-                    f"{ratio:.3f} | {peaks['stock'] / 2**20:.0f} | {peaks['dca'] / 2**20:.0f} | "
+                    f"{ratio_cells(times)} | {peaks['stock'] / 2**20:.0f} | {peaks['dca'] / 2**20:.0f} | "
                     f"{peaks['dca'] / peaks['stock']:.3f} |")
         del steps
     print(f"Training step (planned batch, deep supervision, backward), median of {args.repeats} alternated runs; "
-          f"{args.device}{' ' + ' '.join(flags) if flags else ''}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.machine()}")
+          f"{environment(args.device)}{', ' + ' '.join(flags) if flags else ''}")
     print("| config | batch x patch | stock (s) | DCA (s) | time DCA / stock | stock peak (MiB) | DCA peak (MiB) | "
           "memory DCA / stock |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
