@@ -117,8 +117,11 @@ class ChannelCrossAttention(nn.Module):
             q32, c32 = at_least_float32(q), at_least_float32(c)
             scores = (q32.transpose(-2, -1) @ c32) * key_weight + q32.sum(dim=-2).unsqueeze(-1) * key_bias
             attention = torch.softmax(scores * self.scale, dim=-1).to(c.dtype)  # (B, h, C_i/h, C_sum/h)
-        value_offset = (attention @ value_bias.transpose(-2, -1)).transpose(-2, -1)  # (B, h, 1, C_i/h)
-        return self.out(merge_heads(c @ (attention * value_weight).transpose(-2, -1) + value_offset))
+        # the output projection scales and shifts the output channels, the rows of A: it folds in the same way
+        out_weight, out_bias = self.out.weight.view(self.heads, -1, 1), self.out.bias.view(self.heads, 1, -1)
+        mixing = attention * value_weight * out_weight  # (B, h, C_i/h, C_sum/h)
+        offset = (attention @ value_bias.transpose(-2, -1)).transpose(-2, -1) * out_weight.transpose(-2, -1) + out_bias
+        return merge_heads(c @ mixing.transpose(-2, -1) + offset)  # offset (B, h, 1, C_i/h)
 
 
 class SpatialCrossAttention(nn.Module):
@@ -139,11 +142,23 @@ class SpatialCrossAttention(nn.Module):
         self.out = DepthwiseProjection(channels, spatial_dims)
 
     def forward(self, tokens: torch.Tensor, context: torch.Tensor, fused: bool = True) -> torch.Tensor:
-        q = split_heads(self.query(context), self.heads)  # (B, h, N, C_sum/h)
-        k = split_heads(self.key(context), self.heads)
-        v = split_heads(self.value(tokens), self.heads)  # (B, h, N, C_i/h)
+        # Every projection is a per-channel scale and shift, so they fold into one projection each side (exact):
+        # - keys: (Q)(c w_k + b_k)^T = (Q w_k) c^T + (Q b_k) 1^T. The second term adds one value to every score of
+        #   a row, which softmax cancels, so the keys are the context itself and w_k scales the queries. b_k stays
+        #   in the graph with a zero gradient: DDP requires every parameter to take part.
+        # - out: A (V w_o + b_o) = (A V) w_o + b_o, because each row of A sums to one, so w_o and b_o act on V.
+        # Each stage then projects the context once and its tokens once, instead of twice each.
+        key_weight = self.key.weight.view(-1)
+        query_weight = self.query.weight.view(-1) * key_weight
+        query_bias = self.query.bias * key_weight + 0 * self.key.bias
+        out_weight = self.out.weight.view(-1)
+        value_weight = self.value.weight.view(-1) * out_weight
+        value_bias = self.value.bias * out_weight + self.out.bias
+        q = split_heads(torch.addcmul(query_bias, context, query_weight), self.heads)  # (B, h, N, C_sum/h)
+        k = split_heads(context, self.heads)
+        v = split_heads(torch.addcmul(value_bias, tokens, value_weight), self.heads)  # (B, h, N, C_i/h)
         attend = attention_fused if fused else attention_math
-        return self.out(merge_heads(attend(q, k, v, self.scale)))
+        return merge_heads(attend(q, k, v, self.scale))
 
 
 class DCABlock(nn.Module):
