@@ -1,0 +1,113 @@
+"""`nnunet-dca compare --train local`: what is missing of a study, trained here with nnU-Net's own nnUNetv2_train.
+
+A fold with checkpoint_final.pth is done and skipped, one with only checkpoint_latest.pth resumes with --c, any
+other starts fresh; so an interrupted comparison, run again, trains nothing twice. With GPUs, one training runs
+on each GPU at a time; without, one runs at a time on the given device.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence, TextIO
+
+from nnunet_dca.compare.study import Run
+from nnunet_dca.demo import nnunet_command
+
+POLL_SECONDS = 1.0  # how often the running trainings are checked; trainings take minutes to days
+TERMINATE_SECONDS = 30.0  # how long a training may take to exit after Ctrl-C before it is killed
+
+
+@dataclass
+class _Job:
+    run: Run
+    process: subprocess.Popen
+    log: Path
+    log_file: TextIO
+    start: float
+
+
+def run_local(runs: Sequence[Run], device: str, gpus: Sequence[str] | None, logs: Path,
+              env: Mapping[str, str] | None = None, echo: Callable[[str], None] = print) -> dict[Run, int]:
+    """Trains every run that is not done with `nnUNetv2_train ... --npz` (`--c` where it resumes) and returns each
+    trained run's exit code; done runs are skipped and not in the result.
+
+    With `gpus`, one training per GPU at a time, each seeing only its GPU (CUDA_VISIBLE_DEVICES) with -device cuda;
+    without, one at a time with -device `device`. Each training's output is appended to a log file in `logs`. A
+    failed training does not stop the others. Ctrl-C terminates the running trainings (the next run resumes them
+    from checkpoint_latest.pth) and is raised again. `env`: the environment of the trainings (default os.environ).
+    """
+    train = nnunet_command("nnUNetv2_train")
+    to_train = [run for run in runs if run.state != "done"]
+    total = len(to_train)
+    echo(f"{len(runs) - total} of {len(runs)} trainings already done, {total} to train")
+    logs.mkdir(parents=True, exist_ok=True)
+    waiting = deque(enumerate(to_train, start=1))
+    slots: list[str | None] = list(gpus) if gpus else [None]
+    running: dict[str | None, _Job] = {}
+    exit_codes: dict[Run, int] = {}
+    try:
+        while waiting or running:
+            for gpu in slots:
+                if gpu not in running and waiting:
+                    number, run = waiting.popleft()
+                    resumes = run.state == "resume"
+                    command = [train, *run.train_arguments("cuda" if gpu is not None else device),
+                               *(["--c"] if resumes else [])]
+                    running[gpu] = _start(run, command, _environment(env, gpu), logs)
+                    echo(f"[started {number}/{total}] {run.label}{' (resumes with --c)' if resumes else ''} on "
+                         f"{device if gpu is None else f'GPU {gpu}'}")
+            time.sleep(POLL_SECONDS)
+            for gpu, job in list(running.items()):
+                if job.process.poll() is not None:
+                    del running[gpu]
+                    job.log_file.close()
+                    exit_codes[job.run] = job.process.returncode
+                    echo(f"[finished {len(exit_codes)}/{total}] {job.run.label} {_outcome(job)}")
+    except BaseException:  # Ctrl-C above all: no training may outlive the command that started it
+        for job in running.values():
+            job.process.terminate()
+        for job in running.values():
+            try:
+                job.process.wait(TERMINATE_SECONDS)
+            except subprocess.TimeoutExpired:
+                job.process.kill()
+                job.process.wait()
+            job.log_file.close()
+        echo(f"stopped: {len(running)} running training(s) terminated; run the same command again to resume")
+        raise
+    failed = sum(code != 0 for code in exit_codes.values())
+    echo(f"{total - failed} of {total} trainings finished" + (f", {failed} FAILED" if failed else ""))
+    return exit_codes
+
+
+def _environment(env: Mapping[str, str] | None, gpu: str | None) -> dict[str, str]:
+    environment = dict(os.environ if env is None else env)
+    if gpu is not None:
+        environment["CUDA_VISIBLE_DEVICES"] = gpu
+    return environment
+
+
+def _start(run: Run, command: list[str], environment: dict[str, str], logs: Path) -> _Job:
+    log = logs / f"{run.dataset}__{run.trainer}__{run.plans}__{run.configuration}__fold_{run.fold}.log"
+    log_file = open(log, "a")  # appended: the log of an interrupted attempt stays above the one that resumes it
+    log_file.write(f"$ {' '.join(command)}\n")
+    log_file.flush()
+    process = subprocess.Popen(command, env=environment, stdout=log_file, stderr=subprocess.STDOUT)
+    return _Job(run, process, log, log_file, time.monotonic())
+
+
+def _outcome(job: _Job) -> str:
+    code = job.process.returncode
+    if code != 0:
+        return f"FAILED (exit {code}), log: {job.log}"
+    seconds = time.monotonic() - job.start
+    if seconds < 60:
+        return f"ok in {seconds:.0f} s"
+    if seconds < 3600:
+        return f"ok in {seconds / 60:.0f} min"
+    return f"ok in {seconds / 3600:.1f} h"
