@@ -1,8 +1,8 @@
-"""The `nnunet-dca` command: trainer-dir, doctor, add-config, warm-start and demo.
+"""The `nnunet-dca` command: trainer-dir, doctor, add-config, warm-start, compare and demo.
 
-Training, prediction and everything else stay nnU-Net's own commands (`nnUNetv2_*`); this command only
-helps to set them up. User errors go to stderr as one line, `nnunet-dca COMMAND: error: ...`, with exit code 2;
-failed doctor checks exit with 1.
+Training, prediction and everything else stay nnU-Net's own commands (`nnUNetv2_*`); this command helps to set
+them up, and compare runs nnUNetv2_train for the folds a comparison misses. User errors go to stderr as one line,
+`nnunet-dca COMMAND: error: ...`, with exit code 2; failed doctor checks and failed trainings exit with 1.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Callable, NoReturn, Sequence
 
 from nnunet_dca.config import DEFAULTS
 from nnunet_dca.demo import DEFAULT_ITERATIONS, DemoError, run_demo
-from nnunet_dca.trainers import trainer_dir
+from nnunet_dca.trainers import ext_trainer_value, same_folder, trainer_dir
 
 MIN_NNUNET = (2, 8)  # nnUNet_extTrainer, the external trainer search path, exists from 2.8 on
 NNUNET_PATHS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -40,16 +40,6 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def ext_trainer_value(current: str | None) -> str:
-    """nnUNet_extTrainer with the trainer folder first and every folder the user already had kept."""
-    folders = [f for f in (current or "").split(os.pathsep) if f and not _same_folder(f, trainer_dir())]
-    return os.pathsep.join([trainer_dir(), *folders])
-
-
-def _same_folder(a: str, b: str) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def cmd_trainer_dir(args: argparse.Namespace) -> int:
@@ -83,7 +73,7 @@ def _check_ext_trainer() -> tuple[bool, str]:
     value = os.environ.get("nnUNet_extTrainer")
     if not value:
         return False, f"nnUNet_extTrainer is not set: {EXPORT_LINE}"
-    if not any(_same_folder(f, trainer_dir()) for f in value.split(os.pathsep) if f):
+    if not any(same_folder(f, trainer_dir()) for f in value.split(os.pathsep) if f):
         return False, f"nnUNet_extTrainer={value} lacks {trainer_dir()}: {EXPORT_LINE}"
     return True, f"nnUNet_extTrainer holds {trainer_dir()}"
 
@@ -99,7 +89,7 @@ def _check_trainer_found() -> tuple[bool, str]:
     except RuntimeError as e:
         return False, str(e)
     found = os.path.dirname(_defining_file(trainer) or "an unknown file")
-    if not _same_folder(found, trainer_dir()):
+    if not same_folder(found, trainer_dir()):
         return False, (f"nnU-Net finds nnUNetTrainerDCA in {found}, not in this package's {trainer_dir()}: "
                        f"remove that copy (nnU-Net searches its own trainers first, then nnUNet_extTrainer in order)")
     return True, f"nnU-Net's finder loads nnUNetTrainerDCA from {found}"
@@ -200,6 +190,27 @@ def cmd_warm_start(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    # imported here: nnU-Net, torch, scipy and matplotlib take seconds to import, and the other commands need none
+    from nnunet_dca.compare.slurm import SlurmOptions
+    from nnunet_dca.compare.workflow import compare
+
+    for option, given, mode in (("--gpus", args.gpus, "local"), ("--partition", args.partition, "slurm"),
+                                ("--gres", args.gres, "slurm"), ("--time", args.time, "slurm"),
+                                ("--array-limit", args.array_limit, "slurm"), ("--sbatch-arg", args.sbatch_args, "slurm"),
+                                ("--dry-run", args.dry_run, "slurm")):
+        if given and args.train != mode:
+            raise UsageError(f"{option} applies to --train {mode} only, and this is --train {args.train}: add "
+                             f"--train {mode}, or leave {option} out")
+    slurm = SlurmOptions(args.partition, args.gres, args.time, args.array_limit, args.sbatch_args)
+    try:
+        failed = compare(args.datasets, args.configurations, args.trainers, args.folds, args.plans, Path(args.out),
+                         args.train, args.device, args.gpus, slurm, args.dry_run, ["nnunet-dca", *sys.argv[1:]])
+    except USER_ERRORS as e:
+        raise UsageError(str(e)) from e
+    return 1 if failed else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
         run_demo(Path(args.out), args.device, args.iterations)
@@ -278,6 +289,42 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("-o", dest="output", required=True, metavar="OUT", help="the file to write, e.g. warm_start.pth")
     warm.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never STOCK_CHECKPOINT)")
     warm.set_defaults(func=cmd_warm_start)
+
+    compare = commands.add_parser(
+        "compare", help="stock vs DCA over datasets, configurations and folds: train what is missing, report",
+        description="Compare nnU-Net trainers (the first is the baseline) on the same cross-validation folds. "
+                    "Always writes report.md, report.json and figures into --out from what nnU-Net wrote into "
+                    "nnUNet_results; --train local or slurm first trains the missing folds with nnUNetv2_train "
+                    "(resuming with --c where a checkpoint exists). nnUNet_results changes only through "
+                    "nnUNetv2_train.")
+    compare.add_argument("datasets", nargs="+", metavar="DATASET", help="dataset ids or names, e.g. 4 5")
+    compare.add_argument("-c", dest="configurations", nargs="+", default=["2d"],
+                         help="configurations (default: 2d)")
+    compare.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "nnUNetTrainerDCA"],
+                         help="trainers, the baseline first (default: nnUNetTrainer nnUNetTrainerDCA)")
+    compare.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
+                         help="cross-validation folds (default: 0 1 2 3 4)")
+    compare.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    compare.add_argument("--train", choices=("none", "local", "slurm"), default="none",
+                         help="none: report only (default); local: train the missing folds here; slurm: submit "
+                              "them as one sbatch job array")
+    compare.add_argument("--out", default="nnunet_dca_compare",
+                         help="folder for the report, figures and training logs (default: ./nnunet_dca_compare)")
+    compare.add_argument("-device", "--device", dest="device", choices=("cuda", "cpu", "mps"), default="cuda",
+                         help="device of nnUNetv2_train (default: cuda)")
+    compare.add_argument("--gpus", nargs="+", default=None, metavar="GPU",
+                         help="local: one training at a time on each of these GPUs (CUDA_VISIBLE_DEVICES)")
+    slurm = compare.add_argument_group("SLURM (--train slurm)")
+    slurm.add_argument("--partition", help="sbatch --partition")
+    slurm.add_argument("--gres", help="sbatch --gres per task, e.g. gpu:1")
+    slurm.add_argument("--time", help="sbatch --time per task, e.g. 24:00:00")
+    slurm.add_argument("--array-limit", dest="array_limit", type=int, default=None,
+                       help="at most this many tasks at once (sbatch --array=...%%N)")
+    slurm.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=[], metavar="ARG",
+                       help="a further #SBATCH line, verbatim, e.g. --sbatch-arg=--mem=32G (repeatable)")
+    slurm.add_argument("--dry-run", dest="dry_run", action="store_true",
+                       help="print the sbatch script instead of submitting it")
+    compare.set_defaults(func=cmd_compare)
 
     demo = commands.add_parser(
         "demo", help="train and evaluate DCA on a synthetic MSD task with nnU-Net's own commands",

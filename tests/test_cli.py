@@ -415,3 +415,38 @@ def test_a_failed_demo_step_is_one_line_with_the_logs_last_line(tmp_path, monkey
     assert_one_line_error(capsys.readouterr().err, "demo",
                           f"step 2 failed (exit code 3): ValueError: no cases found; the whole log: {log}")
     assert "ValueError: no cases found" in log.read_text()
+
+
+# compare: refusals before anything is trained or written, and the SLURM script it would submit
+
+@pytest.mark.parametrize("arguments, message", [
+    (["998"], "unknown dataset 998"),
+    (["999", "-c", "3d_lowres"], "unknown configuration '3d_lowres'"),
+    (["999", "--trainers", "nnUNetTrainer", "nnUNetTrainerNoSuchThing"], "unknown trainer 'nnUNetTrainerNoSuchThing'"),
+    (["999", "--trainers", "nnUNetTrainer"], "at least two trainers"),
+    (["999", "--folds", "0", "5"], "fold 5 is out of range"),
+    (["999", "--gpus", "0"], "--gpus applies to --train local only"),
+    (["999", "--train", "local", "--partition", "gpu"], "--partition applies to --train slurm only"),
+    (["999", "--train", "local"], "is not preprocessed for training"),
+])
+def test_compare_refusals_are_one_line_and_write_nothing(plans_file, tmp_path, capsys, arguments, message):
+    out = tmp_path / "comparison"
+    assert main(["compare", *arguments, "--out", str(out)]) == 2
+    assert_one_line_error(capsys.readouterr().err, "compare", message)
+    assert not out.exists()
+    assert not any((plans_file.parents[2] / "nnUNet_results").iterdir())
+
+
+def test_compare_dry_run_prints_the_job_array_and_submits_nothing(plans_file, tmp_path, capsys):
+    data = plans_file.parent / "nnUNetPlans_2d"
+    data.mkdir()
+    (data / "case_000.pkl").write_bytes(b"")
+    (plans_file.parent / "dataset.json").write_text(json.dumps(DATASET_JSON))
+    out = tmp_path / "comparison"
+    assert main(["compare", "999", "--folds", "0", "1", "--train", "slurm", "--dry-run", "--gres", "gpu:1",
+                 "--out", str(out)]) == 0
+    script = capsys.readouterr().out
+    assert "#SBATCH --array=0-3" in script and "#SBATCH --gres=gpu:1" in script
+    assert script.count("nnUNetTrainerDCA -p nnUNetPlans --npz -device cuda") == 2
+    assert not (out / "slurm").exists()
+    assert (out / "report.md").is_file()  # the report of what exists: nothing trained yet

@@ -1,0 +1,171 @@
+"""`nnunet-dca compare` end to end through nnU-Net's real command line (minutes):
+
+- real data no one here made, ISBI 2012 EM membranes (../shared/data/isbi2012-em), converted, planned and
+  preprocessed by nnU-Net, then stock and DCA trained on two folds with `--train local`; the report is checked
+  against values recomputed here from nnU-Net's own summary files and checkpoints;
+- the demo task trained as a job array on a one-node SLURM cluster with `--train slurm`, and reported afterwards.
+
+Trainings are a few iterations long: these runs check the plumbing and the numbers' bookkeeping, not DCA.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from conftest import run
+from isbi import ISBI, write_isbi_dataset
+from nnunet_dca.compare.statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
+from nnunet_dca.demo import DEMO_SETTINGS, PLANNING_SETTINGS, DemoLayout, write_short_trainer
+from slurm_cluster import slurm_cluster, wait_for_job  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.e2e
+
+STOCK_BASE = "nnunetv2.training.nnUNetTrainer.nnUNetTrainer.nnUNetTrainer"
+ISBI_ID = 120
+ISBI_FOLDS = (0, 1)
+ISBI_ITERATIONS = 2
+STOCK, DCA = "nnUNetTrainer_compare", "nnUNetTrainerDCA_compare"
+BATCH_NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def isbi_compare(out: Path, *options: str) -> list[str | Path | int]:
+    return ["nnunet-dca", "compare", ISBI_ID, "-c", "2d", "--trainers", STOCK, DCA, "--folds",
+            *map(str, ISBI_FOLDS), "-device", "cpu", "--out", out, *options]
+
+
+class IsbiComparison:
+    """A finished `compare --train local` on the ISBI data: its folders, output, and report."""
+
+    def __init__(self, layout: DemoLayout, out: Path, output: str) -> None:
+        self.layout, self.out, self.output = layout, out, output
+        self.report = json.loads((out / "report.json").read_text())
+        self.section = self.report["configurations"][0]
+
+    def env(self) -> dict[str, str]:
+        return self.layout.environment(DEMO_SETTINGS)
+
+    def fold_folder(self, trainer: str, fold: int) -> Path:
+        return self.layout.results / self.section["dataset"] / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}"
+
+    def summary(self, trainer: str, fold: int) -> dict:
+        return json.loads((self.fold_folder(trainer, fold) / "validation" / "summary.json").read_text())
+
+    def case_dice(self, trainer: str) -> dict[tuple[int, str], float]:
+        """(fold, case) -> Dice of the membrane label, read from nnU-Net's summaries."""
+        return {(fold, Path(case["reference_file"]).name.removesuffix(".png")): case["metrics"]["1"]["Dice"]
+                for fold in ISBI_FOLDS for case in self.summary(trainer, fold)["metric_per_case"]}
+
+
+@pytest.fixture(scope="module")
+def isbi(tmp_path_factory: pytest.TempPathFactory) -> IsbiComparison:
+    if not ISBI.is_dir():
+        pytest.skip(f"the ISBI 2012 EM data is not at {ISBI} (the tests read ../shared/data beside the repository)")
+    layout = DemoLayout(tmp_path_factory.mktemp("isbi"))
+    write_isbi_dataset(layout.raw, ISBI_ID)
+    write_short_trainer(layout.trainers, STOCK, ISBI_ITERATIONS, base=STOCK_BASE)
+    write_short_trainer(layout.trainers, DCA, ISBI_ITERATIONS)
+    run(["nnUNetv2_plan_and_preprocess", "-d", ISBI_ID, "-c", "2d", "-np", "1", "-npfp", "1"],
+        env=layout.environment(PLANNING_SETTINGS))
+    out = layout.out / "comparison"
+    output = run(isbi_compare(out, "--train", "local"), env=layout.environment(DEMO_SETTINGS))
+    return IsbiComparison(layout, out, output)
+
+
+def test_local_training_reports_every_run_started_and_finished(isbi):
+    runs = len(ISBI_FOLDS) * 2
+    assert f"0 of {runs} trainings already done, {runs} to train" in isbi.output
+    for trainer in (STOCK, DCA):
+        for fold in ISBI_FOLDS:
+            assert re.search(rf"\[finished \d/{runs}\] \S+ 2d {trainer} fold {fold} ok in", isbi.output)
+            assert (isbi.fold_folder(trainer, fold) / "checkpoint_final.pth").is_file()
+    assert f"{runs} of {runs} trainings finished" in isbi.output
+
+
+def test_dice_tables_are_nnunets_summaries_and_cross_validation(isbi):
+    trainers = isbi.section["trainers"]
+    for trainer in (STOCK, DCA):
+        pooled = []
+        for fold in ISBI_FOLDS:
+            summary = isbi.summary(trainer, fold)
+            reported = trainers[trainer]["folds"][str(fold)]
+            assert reported["state"] == "complete"
+            assert reported["mean_dice"]["1"] == pytest.approx(summary["mean"]["1"]["Dice"])
+            assert reported["overall"] == pytest.approx(summary["foreground_mean"]["Dice"])
+            pooled += [case["metrics"]["1"]["Dice"] for case in summary["metric_per_case"]]
+        # one label: nnU-Net's cross-validation number is the mean over every fold's cases of it
+        assert trainers[trainer]["missing_folds"] == []
+        assert trainers[trainer]["cross_validation"]["overall"] == pytest.approx(np.nanmean(pooled))
+    markdown = (isbi.out / "report.md").read_text()
+    cv = trainers[DCA]["cross_validation"]["overall"]
+    assert re.search(rf"\| CV \| all folds \|.*{cv:.4f}", markdown)
+
+
+def test_the_paired_comparison_is_recomputed_from_the_summaries(isbi):
+    stock, dca = isbi.case_dice(STOCK), isbi.case_dice(DCA)
+    assert stock.keys() == dca.keys()  # the same validation cases: nnU-Net's splits_final.json
+    differences = np.array([dca[case] - stock[case] for case in sorted(stock)])
+    reported = next(c for c in isbi.section["comparisons"] if c["trainer"] == DCA and c["dice_of"] == "overall")
+    assert reported["cases"] == len(differences) == 30 * len(ISBI_FOLDS) // 5
+    assert reported["mean_difference"] == pytest.approx(differences.mean())
+    assert (reported["wins"], reported["ties"], reported["losses"]) == (
+        (differences > 0).sum(), (differences == 0).sum(), (differences < 0).sum())
+    assert reported["wilcoxon_p"] == pytest.approx(stats.wilcoxon(differences, zero_method="wilcox").pvalue)
+    interval = stats.bootstrap((differences,), np.mean, confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
+                               rng=np.random.default_rng(BOOTSTRAP_SEED)).confidence_interval
+    assert reported["interval"] == pytest.approx([interval.low, interval.high])
+    for fold in ISBI_FOLDS:
+        per_fold = [dca[case] - stock[case] for case in stock if case[0] == fold]
+        assert reported["fold_differences"][str(fold)] == pytest.approx(np.mean(per_fold))
+
+
+def test_cost_counts_the_checkpoints_trained_weights(isbi):
+    cost = isbi.section["cost"]
+    for trainer in (STOCK, DCA):
+        weights = torch.load(isbi.fold_folder(trainer, 0) / "checkpoint_final.pth", map_location="cpu",
+                             weights_only=False)["network_weights"]
+        trained = sum(value.numel() for key, value in weights.items() if not key.endswith(BATCH_NORM_STATISTICS))
+        assert cost[trainer]["parameters"] == trained
+    assert cost[DCA]["parameters"] > cost[STOCK]["parameters"]
+
+
+def test_the_figures_are_pngs_linked_from_the_report(isbi):
+    markdown = (isbi.out / "report.md").read_text()
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", markdown)
+    assert len(links) == 2  # the per-case scatter against the baseline, the training curves
+    for link in links:
+        assert (isbi.out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_running_again_trains_nothing_and_leaves_the_results_as_they_were(isbi):
+    before = {path: path.stat().st_mtime_ns for path in isbi.layout.results.rglob("*")}
+    output = run(isbi_compare(isbi.out, "--train", "local"), env=isbi.env())
+    runs = len(ISBI_FOLDS) * 2
+    assert f"{runs} of {runs} trainings already done, 0 to train" in output
+    assert {path: path.stat().st_mtime_ns for path in isbi.layout.results.rglob("*")} == before
+
+
+def test_a_slurm_job_array_trains_the_missing_folds_and_the_report_picks_them_up(demo, slurm_cluster, tmp_path):
+    for name, base in ((STOCK, STOCK_BASE), (DCA, "nnunet_dca.trainers.nnUNetTrainerDCA.nnUNetTrainerDCA")):
+        write_short_trainer(demo.layout.trainers, name, iterations=1, base=base)
+    command = ["nnunet-dca", "compare", demo.layout.dataset_name, "-c", "2d", "--trainers", STOCK, DCA,
+               "--folds", "1", "-device", "cpu", "--out", tmp_path]
+    output = run([*command, "--train", "slurm"], env=demo.env())
+    job = re.search(r"Submitted job array (\d+): 2 of 2 trainings", output)
+    assert job, output
+    wait_for_job(job.group(1), timeout=900)
+    task_logs = sorted((tmp_path / "slurm").glob(f"{job.group(1)}_*.log"))
+    assert len(task_logs) == 2
+    report = run(command, env=demo.env())
+    assert "Report:" in report
+    trainers = json.loads((tmp_path / "report.json").read_text())["configurations"][0]["trainers"]
+    logs = "\n".join(log.read_text()[-2000:] for log in task_logs)
+    for trainer in (STOCK, DCA):
+        assert trainers[trainer]["folds"]["1"]["state"] == "complete", logs
+        assert trainers[trainer]["cross_validation"] is not None
