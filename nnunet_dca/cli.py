@@ -2,7 +2,8 @@
 
 Training, prediction and everything else stay nnU-Net's own commands (`nnUNetv2_*`); this command helps to set
 them up, and compare runs nnUNetv2_train for the folds a comparison misses. User errors go to stderr as one line,
-`nnunet-dca COMMAND: error: ...`, with exit code 2; failed doctor checks and failed trainings exit with 1.
+`nnunet-dca COMMAND: error: ...`, with exit code 2; failed doctor checks and failed trainings exit with 1, Ctrl-C
+with 130 (as a shell reports SIGINT).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
+from nnunet_dca.compare import TRAIN_MODES
 from nnunet_dca.config import DEFAULTS
 from nnunet_dca.demo import DEFAULT_ITERATIONS, DemoError, run_demo
 from nnunet_dca.trainers import ext_trainer_value, same_folder, trainer_dir
@@ -25,6 +27,7 @@ from nnunet_dca.trainers import ext_trainer_value, same_folder, trainer_dir
 MIN_NNUNET = (2, 8)  # nnUNet_extTrainer, the external trainer search path, exists from 2.8 on
 NNUNET_PATHS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 EXPORT_LINE = 'export nnUNet_extTrainer="$(nnunet-dca trainer-dir --export)"'
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 class UsageError(Exception):
@@ -190,6 +193,24 @@ def cmd_warm_start(args: argparse.Namespace) -> int:
     return 0
 
 
+# compare
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _fold(value: str) -> int:
+    if value == "all":
+        raise argparse.ArgumentTypeError("fold 'all' trains on every case and has no held-out validation to "
+                                         "compare: give fold numbers, e.g. --folds 0 1 2 3 4")
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fold number, e.g. 0, got {value!r}") from None
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     # imported here: nnU-Net, torch, scipy and matplotlib take seconds to import, and the other commands need none
     from nnunet_dca.compare.slurm import SlurmOptions
@@ -202,10 +223,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if given and args.train != mode:
             raise UsageError(f"{option} applies to --train {mode} only, and this is --train {args.train}: add "
                              f"--train {mode}, or leave {option} out")
+    if args.gpus and args.device != "cuda":
+        raise UsageError(f"--gpus picks CUDA GPUs, and this is -device {args.device}: leave --gpus out to train on "
+                         f"{args.device}, or use -device cuda")
     slurm = SlurmOptions(args.partition, args.gres, args.time, args.array_limit, args.sbatch_args)
     try:
         failed = compare(args.datasets, args.configurations, args.trainers, args.folds, args.plans, Path(args.out),
-                         args.train, args.device, args.gpus, slurm, args.dry_run, ["nnunet-dca", *sys.argv[1:]])
+                         args.train, args.device, args.gpus, slurm, args.dry_run, args.command_line)
     except USER_ERRORS as e:
         raise UsageError(str(e)) from e
     return 1 if failed else 0
@@ -302,10 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="configurations (default: 2d)")
     compare.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "nnUNetTrainerDCA"],
                          help="trainers, the baseline first (default: nnUNetTrainer nnUNetTrainerDCA)")
-    compare.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
+    compare.add_argument("--folds", nargs="+", type=_fold, default=[0, 1, 2, 3, 4],
                          help="cross-validation folds (default: 0 1 2 3 4)")
     compare.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
-    compare.add_argument("--train", choices=("none", "local", "slurm"), default="none",
+    compare.add_argument("--train", choices=TRAIN_MODES, default="none",
                          help="none: report only (default); local: train the missing folds here; slurm: submit "
                               "them as one sbatch job array")
     compare.add_argument("--out", default="nnunet_dca_compare",
@@ -313,12 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("-device", "--device", dest="device", choices=("cuda", "cpu", "mps"), default="cuda",
                          help="device of nnUNetv2_train (default: cuda)")
     compare.add_argument("--gpus", nargs="+", default=None, metavar="GPU",
-                         help="local: one training at a time on each of these GPUs (CUDA_VISIBLE_DEVICES)")
+                         help="local, -device cuda: one training at a time on each of these GPUs "
+                              "(CUDA_VISIBLE_DEVICES)")
     slurm = compare.add_argument_group("SLURM (--train slurm)")
     slurm.add_argument("--partition", help="sbatch --partition")
     slurm.add_argument("--gres", help="sbatch --gres per task, e.g. gpu:1")
     slurm.add_argument("--time", help="sbatch --time per task, e.g. 24:00:00")
-    slurm.add_argument("--array-limit", dest="array_limit", type=int, default=None,
+    slurm.add_argument("--array-limit", dest="array_limit", type=_positive_int, default=None,
                        help="at most this many tasks at once (sbatch --array=...%%N)")
     slurm.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=[], metavar="ARG",
                        help="a further #SBATCH line, verbatim, e.g. --sbatch-arg=--mem=32G (repeatable)")
@@ -343,6 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `nnunet-dca` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the command as typed, for what a command writes down (compare's SLURM script); sys.argv is another
+    # program's where main is called from Python
+    args.command_line = ["nnunet-dca", *(sys.argv[1:] if argv is None else argv)]
     try:
         with warnings.catch_warnings():
             # the deprecation notes of libraries nnU-Net imports (timm, torch) speak to their developers, and
@@ -354,3 +382,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         one_line = " ".join(str(e).split())  # messages passed on from nnU-Net may span lines
         print(f"nnunet-dca {args.command}: error: {one_line}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # what was running has stopped and said so (compare's trainings): no traceback
+        print(f"nnunet-dca {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE

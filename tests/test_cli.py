@@ -16,6 +16,7 @@ from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+import nnunet_dca.compare.workflow
 import nnunet_dca.demo
 import nnunet_dca.trainers
 from conftest import run
@@ -370,6 +371,12 @@ def test_warm_start_never_replaces_the_input_and_an_output_only_with_overwrite(s
     (["add-config", "999", "--max-tokens", "lots"], " add-config", "positive integer or 'none'"),
     (["demo", "--device", "tpu"], " demo", "invalid choice: 'tpu'"),
     (["warm-start", "stock.pth", "-c", "2d", "-o", "warm.pth"], " warm-start", "required: -d"),
+    (["compare", "999", "--folds", "all"], " compare", "argument --folds: fold 'all' trains on every case and has no "
+                                                       "held-out validation to compare: give fold numbers"),
+    (["compare", "999", "--folds", "first"], " compare", "expected a fold number, e.g. 0, got 'first'"),
+    (["compare", "999", "--train", "slurm", "--array-limit", "0"], " compare",
+     "argument --array-limit: expected a positive integer, got '0'"),
+    (["compare", "999", "--train", "slurm", "--array-limit", "four"], " compare", "expected a positive integer"),
 ])
 def test_usage_mistakes_are_one_line_that_points_to_help(plans_file, capsys, arguments, command, message):
     before = plans_file.read_bytes()
@@ -427,6 +434,9 @@ def test_a_failed_demo_step_is_one_line_with_the_logs_last_line(tmp_path, monkey
     (["999", "--folds", "0", "5"], "fold 5 is out of range"),
     (["999", "--gpus", "0"], "--gpus applies to --train local only"),
     (["999", "--train", "local", "--partition", "gpu"], "--partition applies to --train slurm only"),
+    (["999", "--train", "local", "-device", "cpu", "--gpus", "0"],
+     "--gpus picks CUDA GPUs, and this is -device cpu: leave --gpus out to train on cpu, or use -device cuda"),
+    (["999", "--train", "local", "-device", "mps", "--gpus", "0", "1"], "this is -device mps"),
     (["999", "--train", "local"], "is not preprocessed for training"),
 ])
 def test_compare_refusals_are_one_line_and_write_nothing(plans_file, tmp_path, capsys, arguments, message):
@@ -443,10 +453,25 @@ def test_compare_dry_run_prints_the_job_array_and_submits_nothing(plans_file, tm
     (data / "case_000.pkl").write_bytes(b"")
     (plans_file.parent / "dataset.json").write_text(json.dumps(DATASET_JSON))
     out = tmp_path / "comparison"
-    assert main(["compare", "999", "--folds", "0", "1", "--train", "slurm", "--dry-run", "--gres", "gpu:1",
-                 "--out", str(out)]) == 0
+    arguments = ["compare", "999", "--folds", "0", "1", "--train", "slurm", "--dry-run", "--gres", "gpu:1",
+                 "--out", str(out)]
+    assert main(arguments) == 0
     script = capsys.readouterr().out
+    assert f"#   nnunet-dca {' '.join(arguments)}\n" in script  # main's arguments, not the interpreter's
     assert "#SBATCH --array=0-3" in script and "#SBATCH --gres=gpu:1" in script
     assert script.count("nnUNetTrainerDCA -p nnUNetPlans --npz -device cuda") == 2
     assert not (out / "slurm").exists()
     assert (out / "report.md").is_file()  # the report of what exists: nothing trained yet
+
+
+def test_ctrl_c_during_compare_is_one_line_and_exit_code_130(plans_file, tmp_path, capsys, monkeypatch):
+    def interrupted(*arguments, **options):
+        raise KeyboardInterrupt  # as Ctrl-C during the trainings, after local.py has stopped them
+
+    monkeypatch.setattr(nnunet_dca.compare.workflow, "compare", interrupted)
+    try:
+        code = main(["compare", "999", "--out", str(tmp_path / "comparison")])
+    except KeyboardInterrupt:  # caught here, or it would stop pytest itself
+        pytest.fail("Ctrl-C left main as a KeyboardInterrupt traceback")
+    assert code == 130
+    assert capsys.readouterr().err == "nnunet-dca compare: interrupted (Ctrl-C)\n"

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 STOCK_BASE = "nnunetv2.training.nnUNetTrainer.nnUNetTrainer.nnUNetTrainer"
 ISBI_ID = 120
 ISBI_FOLDS = (0, 1)
-ISBI_ITERATIONS = 2
+ISBI_EPOCHS, ISBI_ITERATIONS = 2, 1
 STOCK, DCA = "nnUNetTrainer_compare", "nnUNetTrainerDCA_compare"
 BATCH_NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -69,8 +69,8 @@ def isbi(tmp_path_factory: pytest.TempPathFactory) -> IsbiComparison:
         pytest.skip(f"the ISBI 2012 EM data is not at {ISBI} (the tests read ../shared/data beside the repository)")
     layout = DemoLayout(tmp_path_factory.mktemp("isbi"))
     write_isbi_dataset(layout.raw, ISBI_ID)
-    write_short_trainer(layout.trainers, STOCK, ISBI_ITERATIONS, base=STOCK_BASE)
-    write_short_trainer(layout.trainers, DCA, ISBI_ITERATIONS)
+    write_short_trainer(layout.trainers, STOCK, ISBI_ITERATIONS, ISBI_EPOCHS, base=STOCK_BASE)
+    write_short_trainer(layout.trainers, DCA, ISBI_ITERATIONS, ISBI_EPOCHS)
     run(["nnUNetv2_plan_and_preprocess", "-d", ISBI_ID, "-c", "2d", "-np", "1", "-npfp", "1"],
         env=layout.environment(PLANNING_SETTINGS))
     out = layout.out / "comparison"
@@ -104,7 +104,7 @@ def test_dice_tables_are_nnunets_summaries_and_cross_validation(isbi):
         assert trainers[trainer]["cross_validation"]["overall"] == pytest.approx(np.nanmean(pooled))
     markdown = (isbi.out / "report.md").read_text()
     cv = trainers[DCA]["cross_validation"]["overall"]
-    assert re.search(rf"\| CV \| all folds \|.*{cv:.4f}", markdown)
+    assert re.search(rf"\| CV \| folds 0, 1 \|.*{cv:.4f}", markdown)
 
 
 def test_the_paired_comparison_is_recomputed_from_the_summaries(isbi):
@@ -125,13 +125,17 @@ def test_the_paired_comparison_is_recomputed_from_the_summaries(isbi):
         assert reported["fold_differences"][str(fold)] == pytest.approx(np.mean(per_fold))
 
 
-def test_cost_counts_the_checkpoints_trained_weights(isbi):
+def test_cost_and_curves_come_from_the_checkpoints(isbi):
     cost = isbi.section["cost"]
     for trainer in (STOCK, DCA):
-        weights = torch.load(isbi.fold_folder(trainer, 0) / "checkpoint_final.pth", map_location="cpu",
-                             weights_only=False)["network_weights"]
-        trained = sum(value.numel() for key, value in weights.items() if not key.endswith(BATCH_NORM_STATISTICS))
+        checkpoint = torch.load(isbi.fold_folder(trainer, 0) / "checkpoint_final.pth", map_location="cpu",
+                                weights_only=False)
+        trained = sum(value.numel() for key, value in checkpoint["network_weights"].items()
+                      if not key.endswith(BATCH_NORM_STATISTICS))
         assert cost[trainer]["parameters"] == trained
+        curves = isbi.section["trainers"][trainer]["folds"]["0"]["curves"]
+        assert curves["train_loss"] == pytest.approx(checkpoint["logging"]["train_losses"])
+        assert len(curves["pseudo_dice"]) == ISBI_EPOCHS
     assert cost[DCA]["parameters"] > cost[STOCK]["parameters"]
 
 
@@ -149,6 +153,25 @@ def test_running_again_trains_nothing_and_leaves_the_results_as_they_were(isbi):
     runs = len(ISBI_FOLDS) * 2
     assert f"{runs} of {runs} trainings already done, 0 to train" in output
     assert {path: path.stat().st_mtime_ns for path in isbi.layout.results.rglob("*")} == before
+
+
+def test_a_fold_whose_validation_was_cut_off_is_validated_not_trained_again(isbi):
+    fold = isbi.fold_folder(DCA, 1)
+    summary = fold / "validation" / "summary.json"
+    validated = json.loads(summary.read_text())
+    summary.unlink()  # as a validation cut off by Ctrl-C, a time limit or out of memory leaves the fold
+    trained = (fold / "checkpoint_final.pth").stat().st_mtime_ns
+    run(isbi_compare(isbi.out), env=isbi.env())
+    markdown = (isbi.out / "report.md").read_text()
+    assert "| 1 | not validated |" in markdown and "| CV | incomplete: fold 1 not validated |" in markdown
+    output = run(isbi_compare(isbi.out, "--train", "local"), env=isbi.env())
+    runs = len(ISBI_FOLDS) * 2
+    assert f"{runs - 1} of {runs} trainings already done, 1 to train" in output
+    assert re.search(rf"\[started 1/1\] \S+ 2d {DCA} fold 1 \(validation only, --val\) on cpu", output), output
+    assert (fold / "checkpoint_final.pth").stat().st_mtime_ns == trained  # validated, not trained again
+    assert json.loads(summary.read_text())["foreground_mean"]["Dice"] == pytest.approx(
+        validated["foreground_mean"]["Dice"])
+    assert "| 1 | not validated |" not in (isbi.out / "report.md").read_text()
 
 
 def test_a_slurm_job_array_trains_the_missing_folds_and_the_report_picks_them_up(demo, slurm_cluster, tmp_path):

@@ -27,8 +27,8 @@ from scipy import stats
 from torch import nn
 
 from nnunet_dca.compare.report import write_report
-from nnunet_dca.compare.results import COMPLETE, MISSING, TRAINING, read_fold
-from nnunet_dca.compare.statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, compare
+from nnunet_dca.compare.results import COMPLETE, MISSING, NOT_VALIDATED, TRAINING, read_fold
+from nnunet_dca.compare.statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, compare, describe_folds
 from nnunet_dca.compare.study import Run, Study, StudyError
 
 DATASET = "Dataset001_Toy"
@@ -69,9 +69,13 @@ class Toy:
     def case_dice(self, trainer: str, case: str) -> dict[int, float]:
         return {label: dice(self.references[case], self.predictions[trainer][case], label) for label in (1, 2)}
 
+    def counted(self, trainer: str, case: str) -> dict[int, float]:
+        """The case's Dice per label as the paired comparison counts it: NaN (both empty) as 1."""
+        return {label: 1.0 if math.isnan(value) else value for label, value in self.case_dice(trainer, case).items()}
+
     def overall(self, trainer: str, case: str) -> float:
-        values = [value for value in self.case_dice(trainer, case).values() if not math.isnan(value)]
-        return float(np.mean(values))
+        """The case's overall Dice in the paired comparison: the mean over both labels, NaN counted as 1."""
+        return float(np.mean(list(self.counted(trainer, case).values())))
 
 
 class _SerialPool:
@@ -189,10 +193,14 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Toy:
                     [1, 2], None, num_processes=1)
                 write_checkpoint(validation.parent, trainer, "checkpoint_final.pth", seed=10 * len(predictions) + fold)
                 write_debug_json(validation.parent)
-    # DCA's fold 3 is still training: a latest checkpoint, no validation yet; the short trainer's folds 1-3 never ran
+    # DCA's fold 3 is still training: a latest checkpoint, no validation yet; the short trainer's fold 1 was trained
+    # but its validation cut off (a final checkpoint, no summary), its folds 2 and 3 never ran
     training = results / DATASET / f"{DCA}__{PLANS}__{CONFIGURATION}" / "fold_3"
     training.mkdir()
     write_checkpoint(training, DCA, "checkpoint_latest.pth", seed=99)
+    not_validated = results / DATASET / f"{SHORT}__{PLANS}__{CONFIGURATION}" / "fold_1"
+    not_validated.mkdir()
+    write_checkpoint(not_validated, SHORT, "checkpoint_final.pth", seed=98)
     study = Study(results, root / "nnUNet_preprocessed", (DATASET,), (CONFIGURATION,), (BASELINE, DCA, SHORT),
                   FOLDS, PLANS)
     parameters = {trainer: sum(parameter.numel() for parameter in network(trainer).parameters()) for trainer in NOISE}
@@ -247,7 +255,10 @@ def test_a_fold_gives_its_curves_parameters_and_device_from_nnunets_checkpoint_a
     assert result.device == "NVIDIA H100 80GB HBM3"
 
 
-def test_folds_without_summary_are_training_or_missing(toy: Toy):
+def test_folds_without_summary_are_not_validated_training_or_missing(toy: Toy):
+    not_validated = read_fold(run_of(toy, SHORT, 1))
+    assert not_validated.state == NOT_VALIDATED and not_validated.case_dice == {}
+    assert not_validated.checkpoint == "checkpoint_final.pth" and not_validated.curves.epochs == EPOCHS
     training = read_fold(run_of(toy, DCA, 3))
     assert training.state == TRAINING and training.case_dice == {} and training.foreground_mean_dice is None
     assert training.checkpoint == "checkpoint_latest.pth" and training.curves.epochs == EPOCHS
@@ -269,6 +280,56 @@ def test_trainers_validated_on_different_cases_are_refused(toy: Toy, tmp_path: P
     assert "\n" not in str(error.value)
 
 
+def truncate(path: Path) -> None:
+    """As a file being written, or cut off by a full disk or a killed job."""
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+
+
+def json_without(key: str):
+    def change(path: Path) -> None:
+        data = json.loads(path.read_text())
+        del data[key]
+        path.write_text(json.dumps(data))
+    return change
+
+
+def checkpoint_without(key: str):
+    def change(path: Path) -> None:
+        checkpoint = torch.load(path, weights_only=False)
+        del checkpoint[key]
+        torch.save(checkpoint, path)
+    return change
+
+
+VALIDATE_AGAIN = f"validate again with nnUNetv2_train {DATASET} {CONFIGURATION} 1 -tr {DCA} -p {PLANS} --npz --val"
+WHILE_WRITTEN = "if a training is writing it right now, run the report again in a moment"
+
+
+@pytest.mark.parametrize("file, change, problem, fix", [
+    ("fold_1/validation/summary.json", truncate, "is no valid JSON (JSONDecodeError: ", VALIDATE_AGAIN),
+    ("fold_1/validation/summary.json", json_without("metric_per_case"), "lacks 'metric_per_case'", VALIDATE_AGAIN),
+    ("fold_1/validation/summary.json", json_without("mean"), "lacks 'mean'", VALIDATE_AGAIN),
+    ("fold_1/validation/summary.json", json_without("foreground_mean"), "lacks 'foreground_mean'", VALIDATE_AGAIN),
+    ("fold_1/debug.json", truncate, "is no valid JSON", "nnU-Net writes it when a training starts: run the report "
+                                                        "again once it has"),
+    ("dataset.json", truncate, "is no valid JSON", f"nnU-Net copies it there from nnUNet_preprocessed/{DATASET}/"
+                                                   f"dataset.json when a training starts: copy that file there again"),
+    ("fold_1/checkpoint_final.pth", checkpoint_without("logging"), "lacks 'logging'", WHILE_WRITTEN),
+    ("fold_1/checkpoint_final.pth", checkpoint_without("network_weights"), "lacks 'network_weights'", WHILE_WRITTEN),
+])
+def test_a_result_file_that_cannot_be_read_is_named_with_what_to_do(toy: Toy, tmp_path: Path, file, change, problem,
+                                                                     fix):
+    results = tmp_path / "nnUNet_results"
+    shutil.copytree(toy.study.results, results)
+    path = results / DATASET / f"{DCA}__{PLANS}__{CONFIGURATION}" / file
+    change(path)
+    study = Study(results, toy.study.preprocessed, (DATASET,), (CONFIGURATION,), (BASELINE, DCA), FOLDS, PLANS)
+    with pytest.raises(StudyError) as error:
+        write_report(study, tmp_path / "report")
+    message = str(error.value)
+    assert message.startswith(f"{path} {problem}") and fix in message and "\n" not in message, message
+
+
 # statistics.py
 
 def test_the_paired_comparison_pools_the_folds_both_completed_and_matches_scipy(toy: Toy):
@@ -277,7 +338,7 @@ def test_the_paired_comparison_pools_the_folds_both_completed_and_matches_scipy(
     comparison = compare(baseline, dca)
     by_fold = pooled_differences(toy, DCA, [0, 1, 2])
     differences = np.concatenate(list(by_fold.values()))
-    assert comparison.cases == differences.size == 12 and comparison.left_out == 0
+    assert comparison.cases == differences.size == 12
     assert comparison.mean_difference == pytest.approx(differences.mean())
     assert comparison.wilcoxon_p == pytest.approx(stats.wilcoxon(differences).pvalue)
     interval = stats.bootstrap((differences,), np.mean, n_resamples=BOOTSTRAP_RESAMPLES,
@@ -291,26 +352,58 @@ def test_the_paired_comparison_pools_the_folds_both_completed_and_matches_scipy(
     assert comparison.folds_disagree  # the toy's DCA is better in folds 0 and 1, worse in 2
 
 
-def test_cases_with_undefined_dice_are_left_out_of_a_labels_comparison(toy: Toy):
-    baseline = {2: read_fold(run_of(toy, BASELINE, 2)).case_values("2")}
-    dca = {2: read_fold(run_of(toy, DCA, 2)).case_values("2")}
-    comparison = compare(baseline, dca)
-    assert comparison.left_out == 1 and comparison.cases == CASES_PER_FOLD - 1  # EMPTY_RIGHT_CASE
+def test_an_undefined_dice_counts_as_1_in_the_paired_comparison(toy: Toy):
+    """EMPTY_RIGHT_CASE has no label 2: the baseline predicts none there (nnU-Net's Dice NaN, a correct empty call),
+    DCA predicts some (Dice 0). DCA loses the case, the baseline against itself ties it; no case is left out."""
+    baseline, dca = read_fold(run_of(toy, BASELINE, 2)), read_fold(run_of(toy, DCA, 2))
+    assert math.isnan(baseline.case_dice[EMPTY_RIGHT_CASE]["2"]) and dca.case_dice[EMPTY_RIGHT_CASE]["2"] == 0
+    label_2 = compare({2: baseline.case_values("2")}, {2: dca.case_values("2")})
+    differences = [toy.counted(DCA, case)[2] - toy.counted(BASELINE, case)[2] for case in case_names(2)]
+    assert label_2.cases == CASES_PER_FOLD and -1.0 in differences
+    assert label_2.mean_difference == pytest.approx(np.mean(differences))
+    assert label_2.losses == sum(difference < 0 for difference in differences)
+    itself = compare({2: baseline.case_values("2")}, {2: baseline.case_values("2")})
+    assert (itself.cases, itself.ties) == (CASES_PER_FOLD, CASES_PER_FOLD)
+    # the overall Dice of the case: both labels for both trainers, label 2 counted as 1 for the baseline
+    left = toy.case_dice(BASELINE, EMPTY_RIGHT_CASE)[1]
+    assert baseline.case_values()[EMPTY_RIGHT_CASE] == pytest.approx((left + 1) / 2)
+    overall = compare({2: baseline.case_values()}, {2: dca.case_values()})
+    assert overall.cases == CASES_PER_FOLD
+    assert overall.mean_difference == pytest.approx(np.mean(pooled_differences(toy, DCA, [2])[2]))
 
 
 @pytest.mark.parametrize("differences, interval_note, wilcoxon_note", [
     ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "all differences are equal", "no case differs"),
-    ([0.1], "fewer than 2 cases", "too few"),
-    ([0.1, -0.2, 0.05, 0.0, 0.3], "", "4 differing cases, too few: the smallest p would be 0.125"),
-    ([], "fewer than 2 cases", "no case differs"),
+    ([0.1], "fewer than 2 cases", "1 differing cases, too few to reach p < 0.05: the smallest p is 1"),
+    ([0.1, -0.2, 0.05, 0.0, 0.3], "", "4 differing cases, too few to reach p < 0.05: the smallest p is 0.125"),
+    ([], "no paired cases", "no paired cases"),
 ])
-def test_too_few_or_equal_differences_give_no_interval_or_p_and_say_why(differences, interval_note, wilcoxon_note):
+def test_too_few_or_equal_differences_say_what_the_interval_and_p_lack(differences, interval_note, wilcoxon_note):
     baseline = {0: {f"c{index}": 0.5 for index in range(len(differences))}}
     trainer = {0: {f"c{index}": 0.5 + difference for index, difference in enumerate(differences)}}
     comparison = compare(baseline, trainer)
     assert comparison.cases == len(differences)
     assert (comparison.interval is None) == bool(interval_note) and interval_note in comparison.interval_note
-    assert comparison.wilcoxon_p is None and wilcoxon_note in comparison.wilcoxon_note
+    assert comparison.wilcoxon_note == wilcoxon_note
+    if np.count_nonzero(differences):  # scipy's p, shown beside the note
+        assert comparison.wilcoxon_p == pytest.approx(stats.wilcoxon(differences, zero_method="wilcox").pvalue)
+    else:
+        assert comparison.wilcoxon_p is None
+
+
+@pytest.mark.parametrize("fold_differences, words", [
+    ({0: 0.1, 1: 0.2}, "All 2 folds agree: T is better in each."),
+    ({0: -0.1, 1: -0.2}, "All 2 folds agree: T is worse in each."),
+    ({0: 0.1, 1: 0.0}, "The folds do not all agree: T is better in fold 0, equal (mean difference 0) in fold 1."),
+    ({0: 0.0, 1: 0.0}, "All 2 folds are equal: the mean difference is 0 in each."),
+    ({0: 0.1, 1: -0.1, 2: 0.0}, "Folds disagree in sign: T is better in fold 0 and worse in fold 1, equal (mean "
+                                "difference 0) in fold 2; the pooled test mixes runs that went opposite ways."),
+])
+def test_the_folds_agree_only_when_each_goes_the_same_way(fold_differences, words):
+    baseline = {fold: {f"c{index}": 0.5 for index in range(3)} for fold in fold_differences}
+    trainer = {fold: {f"c{index}": 0.5 + difference for index in range(3)}
+               for fold, difference in fold_differences.items()}
+    assert describe_folds(compare(baseline, trainer), "T") == words
 
 
 # report.py and figures.py
@@ -327,12 +420,14 @@ def test_the_report_shows_cross_validation_only_for_trainers_with_every_fold(toy
     cases = [case for fold in FOLDS for case in case_names(fold)]
     pooled = [np.nanmean([toy.case_dice(BASELINE, case)[label] for case in cases]) for label in (1, 2)]
     cv = markdown_row(text, f"#### {BASELINE}", "CV")
-    assert cv[1] == "all folds"
+    assert cv[1] == "folds 0, 1, 2, 3"
     assert [float(cell) for cell in cv[2:5]] == pytest.approx([*pooled, np.mean(pooled)], abs=5e-5)
-    assert markdown_row(text, f"#### {DCA}", "CV")[1] == "incomplete: fold 3 missing"
+    assert markdown_row(text, f"#### {DCA}", "CV")[1] == "incomplete: fold 3 training"
     assert markdown_row(text, f"#### {DCA}", "3")[1] == TRAINING
-    assert markdown_row(text, f"#### {SHORT}", "CV")[1] == "incomplete: folds 1, 2, 3 missing"
-    assert markdown_row(text, f"#### {SHORT}", "1")[1] == MISSING
+    assert markdown_row(text, f"#### {SHORT}", "CV")[1] == "incomplete: fold 1 not validated, folds 2, 3 missing"
+    assert markdown_row(text, f"#### {SHORT}", "1")[1] == NOT_VALIDATED
+    assert markdown_row(text, f"#### {SHORT}", "2")[1] == MISSING
+    assert "--train local or slurm validates it, as `nnUNetv2_train ... --val --npz` does" in text
     fold_0 = markdown_row(text, f"#### {DCA}", "0")
     assert float(fold_0[4]) == pytest.approx(read_fold(run_of(toy, DCA, 0)).foreground_mean_dice, abs=5e-5)
 
@@ -349,11 +444,17 @@ def test_the_report_compares_pooled_cases_and_says_when_folds_disagree(toy: Toy,
     better = ", ".join(str(fold) for fold, values in by_fold.items() if values.mean() > 0)
     worse = ", ".join(str(fold) for fold, values in by_fold.items() if values.mean() < 0)
     assert better and worse  # the toy is made so: DCA better in folds 0 and 1, worse in 2
-    words = f"- {DCA}: Folds disagree in sign: {DCA} is better in folds? {better} and worse in folds? {worse};"
+    words = (f"- {DCA}: compared: folds 0, 1, 2; left out: fold 3 \\({DCA}: training\\). Folds disagree in sign: "
+             f"{DCA} is better in folds? {better} and worse in folds? {worse};")
     assert re.search(words, text)
-    assert f"- {SHORT}: One fold only" in text
+    assert (f"- {SHORT}: compared: fold 0; left out: fold 1 ({SHORT}: not validated), fold 2 ({SHORT}: missing), "
+            f"fold 3 ({SHORT}: missing). One fold only") in text
     short = markdown_row(text, "### Paired comparison", SHORT)
-    assert short[2] == str(CASES_PER_FOLD) and re.fullmatch(r"n/a \(\d differing cases, too few: .*\)", short[5])
+    short_differences = pooled_differences(toy, SHORT, [0])[0]
+    p = stats.wilcoxon(short_differences, zero_method="wilcox").pvalue
+    assert short[2] == str(CASES_PER_FOLD)
+    assert short[5] == (f"{p:.3g} ({np.count_nonzero(short_differences)} differing cases, too few to reach "
+                        f"p < 0.05: the smallest p is {2 / 2 ** np.count_nonzero(short_differences):.3g})")
 
 
 def test_the_report_shows_the_cost_against_the_baseline(toy: Toy, report: Path):
@@ -394,4 +495,5 @@ def test_report_json_holds_every_number_and_no_nan(toy: Toy, report: Path):
     assert overall["interval"] == pytest.approx(list(expected.interval))
     assert {int(fold): value for fold, value in overall["fold_differences"].items()} == pytest.approx(
         expected.fold_differences)
+    assert overall["folds_compared"] == [0, 1, 2] and overall["folds_left_out"] == {"3": f"{DCA}: training"}
     assert section["cost"][DCA]["parameters"] == toy.parameters[DCA]

@@ -11,11 +11,11 @@ import pytest
 
 from nnunet_dca.compare import slurm
 from nnunet_dca.compare.slurm import SlurmError, SlurmOptions, array_script, nnunet_environment, submit
-from nnunet_dca.compare.study import Run
+from nnunet_dca.compare.study import CHECKPOINT_FINAL, CHECKPOINT_LATEST, SUMMARY, Run
 from slurm_cluster import slurm_cluster, wait_for_job  # noqa: F401 (fixture)
 
 # Stands in for nnUNetv2_train: appends its arguments and the nnU-Net folders it sees to the fold's calls.txt,
-# then writes the final checkpoint, as a finished training would.
+# then writes the final checkpoint and the validation's summary.json, as a finished training would.
 FAKE_TRAIN = """#!/bin/bash
 set -eu
 arguments="$*"
@@ -29,6 +29,8 @@ folder="$nnUNet_results/$dataset/${trainer}__${plans}__$configuration/fold_$fold
 mkdir -p "$folder"
 echo "$arguments | $nnUNet_raw | ${nnUNet_extTrainer-}" >>"$folder/calls.txt"
 touch "$folder/checkpoint_final.pth"
+mkdir -p "$folder/validation"
+touch "$folder/validation/summary.json"
 """
 
 
@@ -56,8 +58,8 @@ def runs_of(results: Path, trainers: tuple[str, ...] = ("nnUNetTrainer", "nnUNet
             for trainer in trainers for fold in folds]
 
 
-def checkpoint(run: Run, name: str) -> None:
-    run.fold_folder.mkdir(parents=True, exist_ok=True)
+def checkpoint(run: Run, name: str | Path) -> None:
+    (run.fold_folder / name).parent.mkdir(parents=True, exist_ok=True)
     (run.fold_folder / name).touch()
 
 
@@ -94,36 +96,39 @@ def test_sbatch_lines(results: Path, fake_train: Path, tmp_path: Path) -> None:
     assert lines == ["--job-name=nnunet-dca", "--array=0-3", f"--output={tmp_path / 'logs'}/%A_%a.log"]
 
 
-def test_only_runs_not_done(results: Path, fake_train: Path, tmp_path: Path) -> None:
+def test_only_runs_not_validated(results: Path, fake_train: Path, tmp_path: Path) -> None:
     runs = runs_of(results)
-    checkpoint(runs[0], "checkpoint_final.pth")
-    checkpoint(runs[1], "checkpoint_latest.pth")  # resumes: stays in
+    checkpoint(runs[0], SUMMARY)  # validated, and copied without checkpoints
+    checkpoint(runs[1], CHECKPOINT_LATEST)  # resumes: stays in
+    checkpoint(runs[2], CHECKPOINT_FINAL)  # trained, its validation cut off: stays in
     script = array_script(runs, SlurmOptions(), tmp_path / "logs", {})
     assert "--array=0-2" in sbatch_lines(script)
     assert runs[0].label not in script and all(run.label in script for run in runs[1:])
     assert str(fake_train) in script
     for run in runs:
-        checkpoint(run, "checkpoint_final.pth")
+        checkpoint(run, SUMMARY)
     with pytest.raises(ValueError, match="no run left"):
         array_script(runs, SlurmOptions(), tmp_path / "logs", {})
 
 
 def test_tasks_decide_at_run_time(results: Path, fake_train: Path, tmp_path: Path) -> None:
-    """Each task trains its own run, resumes with --c from a checkpoint, skips a fold finished meanwhile."""
+    """Each task trains its own run, resumes with --c from the latest checkpoint, validates with --val from the
+    final one, skips a fold validated meanwhile."""
     runs = runs_of(results)
     env = environment(results)
     script = tmp_path / "train.sh"
     script.write_text(array_script(runs, SlurmOptions(), tmp_path / "logs", env, device="cpu"))
-    checkpoint(runs[1], "checkpoint_latest.pth")  # preempted after the script was written
-    checkpoint(runs[2], "checkpoint_final.pth")  # finished meanwhile (an earlier submission)
+    checkpoint(runs[1], CHECKPOINT_LATEST)  # preempted after the script was written
+    checkpoint(runs[2], SUMMARY)  # validated meanwhile (an earlier submission)
+    checkpoint(runs[3], CHECKPOINT_FINAL)  # trained meanwhile, its validation cut off by the time limit
     for task in range(4):
         assert run_task(script, task).returncode == 0
     extras = f" | {env['nnUNet_raw']} | {env['nnUNet_extTrainer']}"
     assert calls(runs[0]) == [" ".join(runs[0].train_arguments("cpu")) + extras]
     assert calls(runs[1]) == [" ".join(runs[1].train_arguments("cpu") + ["--c"]) + extras]
     assert calls(runs[2]) == []
-    assert calls(runs[3]) == [" ".join(runs[3].train_arguments("cpu")) + extras]
-    # run again (a resubmission): every fold is done, nothing trains twice
+    assert calls(runs[3]) == [" ".join(runs[3].train_arguments("cpu") + ["--val"]) + extras]
+    # run again (a resubmission): every fold is validated, nothing trains twice
     assert all(run_task(script, task).returncode == 0 for task in range(4))
     assert [len(calls(run)) for run in runs] == [1, 1, 0, 1]
     unknown = run_task(script, 4)

@@ -18,9 +18,9 @@ from types import SimpleNamespace
 import pytest
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
-from nnunet_dca.compare import local
-from nnunet_dca.compare.study import (CHECKPOINT_FINAL, CHECKPOINT_LATEST, Run, Study, StudyError,
-                                      check_model_folder_plans, check_preprocessed, resolve_study)
+from nnunet_dca.compare import local, workflow
+from nnunet_dca.compare.study import (CHECKPOINT_FINAL, CHECKPOINT_LATEST, DONE, FRESH, RESUME, SUMMARY, VALIDATE, Run,
+                                      Study, StudyError, check_model_folder_plans, check_preprocessed, resolve_study)
 from nnunet_dca.trainers import trainer_dir
 from plans_examples import DATASET_JSON, make_plans
 
@@ -287,15 +287,41 @@ def checkpoint(run: Run, name: str) -> None:
     (run.fold_folder / name).touch()
 
 
+def write_summary(run: Run, cases: tuple[str, ...] = ("case_0",)) -> None:
+    """The validation's summary.json as nnU-Net's compute_metrics_on_folder writes it (the keys the report reads),
+    with the dataset.json nnU-Net copies into the model folder; no checkpoint, as in results copied without .pth."""
+    (run.fold_folder / SUMMARY).parent.mkdir(parents=True, exist_ok=True)
+    save_json(DATASET_JSON, str(run.model_folder / "dataset.json"))
+    per_case = [{"reference_file": f"/gt/{case}.nii.gz", "prediction_file": f"/prediction/{case}.nii.gz",
+                 "metrics": {"1": {"Dice": 0.5}, "2": {"Dice": 0.5}}} for case in cases]
+    save_json({"metric_per_case": per_case, "mean": {"1": {"Dice": 0.5}, "2": {"Dice": 0.5}},
+               "foreground_mean": {"Dice": 0.5}}, str(run.fold_folder / SUMMARY))
+
+
+def test_a_runs_state_is_read_from_its_fold_folder(tmp_path):
+    run = make_study(tmp_path / "nnUNet_results").runs()[0]
+    assert run.state == FRESH
+    checkpoint(run, CHECKPOINT_LATEST)
+    assert run.state == RESUME
+    checkpoint(run, CHECKPOINT_FINAL)
+    assert run.state == VALIDATE  # trained; the validation after it was cut off
+    write_summary(run)
+    assert run.state == DONE
+    for name in (CHECKPOINT_FINAL, CHECKPOINT_LATEST):
+        (run.fold_folder / name).unlink()
+    assert run.state == DONE  # results copied without their checkpoints are validated all the same
+
+
 def recorded(records: Path) -> list[dict]:
     return [json.loads(file.read_text()) for file in sorted(records.glob("*.json"))]
 
 
 def test_local_training_runs_what_is_missing_one_per_gpu(tmp_path, fake_train):
     study = make_study(tmp_path / "nnUNet_results")
-    done, resumed, *_ = runs = study.runs()
-    checkpoint(done, CHECKPOINT_FINAL)
+    done, resumed, _, to_validate, *_ = runs = study.runs()
+    write_summary(done)
     checkpoint(resumed, CHECKPOINT_LATEST)
+    checkpoint(to_validate, CHECKPOINT_FINAL)
     lines = []
     env = {**os.environ, "FAKE_RECORDS": str(fake_train), "FAKE_FAILING_FOLDS": "2"}
     exit_codes = local.run_local(runs, "cpu", ["0", "1"], tmp_path / "logs", env, echo=lines.append)
@@ -307,7 +333,8 @@ def test_local_training_runs_what_is_missing_one_per_gpu(tmp_path, fake_train):
         dataset, configuration, fold, *options = call["arguments"]
         assert options[0] == "-tr" and options[1] in TRAINERS
         assert options[2:7] == ["-p", "nnUNetPlans", "--npz", "-device", "cuda"]
-        assert ("--c" in options) == (int(fold) == resumed.fold and options[1] == resumed.trainer)
+        assert ("--c" in options) == ((options[1], int(fold)) == (resumed.trainer, resumed.fold))
+        assert ("--val" in options) == ((options[1], int(fold)) == (to_validate.trainer, to_validate.fold))
 
     started = [line for line in lines if line.startswith("[started")]
     finished = [line for line in lines if line.startswith("[finished")]
@@ -315,6 +342,9 @@ def test_local_training_runs_what_is_missing_one_per_gpu(tmp_path, fake_train):
     assert len(started) == len(finished) == 5 and "[finished 5/5]" in finished[-1]
     assert [line for line in started if "(resumes with --c)" in line] == [
         f"[started 1/5] {resumed.label} (resumes with --c) on GPU 0"]
+    validating = [line for line in started if "--val" in line]
+    assert len(validating) == 1 and validating[0].startswith(f"[started 3/5] {to_validate.label} (validation only, "
+                                                             f"--val) on GPU ")
     failures = [line for line in finished if "FAILED" in line]
     assert len(failures) == 2 and all("fold 2 FAILED (exit 1), log: " in line for line in failures)
     failed_log = Path(failures[0].split("log: ")[1])
@@ -337,10 +367,10 @@ def test_local_training_without_gpus_runs_one_at_a_time_on_the_device(tmp_path, 
     assert lines[-1] == "4 of 4 trainings finished"
 
 
-def test_nothing_is_trained_when_everything_is_done(tmp_path, fake_train):
+def test_nothing_is_trained_when_everything_is_validated(tmp_path, fake_train):
     runs = make_study(tmp_path / "nnUNet_results").runs()
     for run in runs:
-        checkpoint(run, CHECKPOINT_FINAL)
+        write_summary(run)  # no checkpoint: results copied without their .pth files
     lines = []
     assert local.run_local(runs, "cuda", ["0"], tmp_path / "logs", echo=lines.append) == {}
     assert lines == ["6 of 6 trainings already done, 0 to train", "0 of 0 trainings finished"]
@@ -365,3 +395,38 @@ def test_ctrl_c_terminates_the_running_trainings(tmp_path, fake_train, monkeypat
         with pytest.raises(ProcessLookupError):  # terminated and reaped
             os.kill(int(record.stem), 0)
     assert lines[-1] == "stopped: 2 running training(s) terminated; run the same command again to resume"
+
+
+def test_a_run_is_looked_at_again_when_its_turn_comes(tmp_path, fake_train):
+    """While the first run trains, another comparison validates the second and trains the third: the second is
+    skipped, the third only validated."""
+    first, validated_meanwhile, trained_meanwhile, last = runs = make_study(tmp_path / "nnUNet_results", (0, 1)).runs()
+    lines = []
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        if line.startswith("[started 1/"):
+            write_summary(validated_meanwhile)
+            checkpoint(trained_meanwhile, CHECKPOINT_FINAL)
+
+    env = {**os.environ, "FAKE_RECORDS": str(fake_train)}
+    exit_codes = local.run_local(runs, "cpu", None, tmp_path / "logs", env, echo)
+    assert exit_codes == {first: 0, trained_meanwhile: 0, last: 0}
+    calls = {(call["arguments"][4], int(call["arguments"][2])): call["arguments"] for call in recorded(fake_train)}
+    assert set(calls) == {(run.trainer, run.fold) for run in (first, trained_meanwhile, last)}
+    assert "--val" in calls[trained_meanwhile.trainer, trained_meanwhile.fold]
+    assert f"[skipped 2/4] {validated_meanwhile.label}: validated meanwhile, by another comparison or a SLURM task" \
+        in lines
+    assert lines[-1] == "3 of 4 trainings finished, 1 validated meanwhile elsewhere"
+
+
+def test_trainers_with_different_splits_are_refused_before_anything_trains(folders, tmp_path, fake_train):
+    preprocessed, results = folders
+    stock, dca = (Run(results, DATASET, "2d", trainer, "nnUNetPlans", 0) for trainer in TRAINERS)
+    write_summary(stock, ("case_0", "case_1"))
+    write_summary(dca, ("case_0", "case_2"))  # validated on another split
+    with pytest.raises(StudyError, match=f"trainers with different splits: {DATASET} 2d fold 0: nnUNetTrainerDCA "
+                                         f"validated other cases than nnUNetTrainer"):
+        workflow.compare([DATASET], ["2d"], TRAINERS, [0, 1], "nnUNetPlans", tmp_path / "out", train="local",
+                         device="cpu", echo=lambda line: None)
+    assert recorded(fake_train) == [] and not (tmp_path / "out").exists()

@@ -11,6 +11,8 @@ from matplotlib.figure import Figure
 
 from nnunet_dca.compare.results import Curves
 
+SHORT_RUN_EPOCHS = 20
+
 
 def case_scatter(path: Path, baseline: str, trainer: str,
                  dice_by_fold: Mapping[int, tuple[Sequence[float], Sequence[float]]], title: str) -> Path:
@@ -42,12 +44,13 @@ def training_curves(path: Path, curves: Mapping[str, Sequence[Curves | None]], f
             fold_curves = trainer_curves[column]
             if fold_curves is None:
                 continue
-            colour = f"C{index}"
             epochs = range(fold_curves.epochs)
-            dice_axis.plot(epochs, fold_curves.pseudo_dice, color=colour, linestyle=":", linewidth=1)
-            dice_axis.plot(epochs, fold_curves.pseudo_dice_ema, color=colour, label=trainer)
-            loss_axis.plot(epochs, fold_curves.train_loss, color=colour, label=f"{trainer} train")
-            loss_axis.plot(epochs, fold_curves.val_loss, color=colour, linestyle="--", label=f"{trainer} validation")
+            # a line needs two epochs: the points of a short run are drawn too
+            style = {"color": f"C{index}", "marker": "." if fold_curves.epochs < SHORT_RUN_EPOCHS else None}
+            dice_axis.plot(epochs, fold_curves.pseudo_dice, linestyle=":", linewidth=1, **style)
+            dice_axis.plot(epochs, fold_curves.pseudo_dice_ema, label=trainer, **style)
+            loss_axis.plot(epochs, fold_curves.train_loss, label=f"{trainer} train", **style)
+            loss_axis.plot(epochs, fold_curves.val_loss, linestyle="--", label=f"{trainer} validation", **style)
         if not dice_axis.has_data():
             dice_axis.text(0.5, 0.5, "no checkpoint yet", ha="center", transform=dice_axis.transAxes)
         loss_axis.set_xlabel("epoch")

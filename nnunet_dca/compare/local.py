@@ -1,8 +1,9 @@
 """`nnunet-dca compare --train local`: what is missing of a study, trained here with nnU-Net's own nnUNetv2_train.
 
-A fold with checkpoint_final.pth is done and skipped, one with only checkpoint_latest.pth resumes with --c, any
-other starts fresh; so an interrupted comparison, run again, trains nothing twice. With GPUs, one training runs
-on each GPU at a time; without, one runs at a time on the given device.
+A validated fold (validation/summary.json) is done and skipped, one with checkpoint_final.pth but no summary is
+validated with --val, one with only checkpoint_latest.pth resumes with --c, any other starts fresh; so an
+interrupted comparison, run again, trains nothing twice. With GPUs, one training runs on each GPU at a time;
+without, one runs at a time on the given device.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, TextIO
 
-from nnunet_dca.compare.study import Run
+from nnunet_dca.compare.study import CONTINUE_OPTIONS, DONE, RESUME, VALIDATE, Run
 from nnunet_dca.demo import nnunet_command
 
 POLL_SECONDS = 1.0  # how often the running trainings are checked; trainings take minutes to days
 TERMINATE_SECONDS = 30.0  # how long a training may take to exit after Ctrl-C before it is killed
+STARTED_WORDS = {VALIDATE: " (validation only, --val)", RESUME: " (resumes with --c)"}
 
 
 @dataclass
@@ -33,16 +35,18 @@ class _Job:
 
 def run_local(runs: Sequence[Run], device: str, gpus: Sequence[str] | None, logs: Path,
               env: Mapping[str, str] | None = None, echo: Callable[[str], None] = print) -> dict[Run, int]:
-    """Trains every run that is not done with `nnUNetv2_train ... --npz` (`--c` where it resumes) and returns each
-    trained run's exit code; done runs are skipped and not in the result.
+    """Trains every run that is not done with `nnUNetv2_train ... --npz` (with `--val` or `--c` as CONTINUE_OPTIONS
+    says for its state) and returns each trained run's exit code; runs done before or while waiting are skipped and
+    not in the result.
 
+    A run's state is read again when its turn comes: another comparison or a SLURM task may have finished it.
     With `gpus`, one training per GPU at a time, each seeing only its GPU (CUDA_VISIBLE_DEVICES) with -device cuda;
     without, one at a time with -device `device`. Each training's output is appended to a log file in `logs`. A
     failed training does not stop the others. Ctrl-C terminates the running trainings (the next run resumes them
     from checkpoint_latest.pth) and is raised again. `env`: the environment of the trainings (default os.environ).
     """
     train = nnunet_command("nnUNetv2_train")
-    to_train = [run for run in runs if run.state != "done"]
+    to_train = [run for run in runs if run.state != DONE]
     total = len(to_train)
     echo(f"{len(runs) - total} of {len(runs)} trainings already done, {total} to train")
     logs.mkdir(parents=True, exist_ok=True)
@@ -50,16 +54,23 @@ def run_local(runs: Sequence[Run], device: str, gpus: Sequence[str] | None, logs
     slots: list[str | None] = list(gpus) if gpus else [None]
     running: dict[str | None, _Job] = {}
     exit_codes: dict[Run, int] = {}
+    skipped = 0
     try:
         while waiting or running:
             for gpu in slots:
-                if gpu not in running and waiting:
+                while gpu not in running and waiting:
                     number, run = waiting.popleft()
-                    resumes = run.state == "resume"
+                    state = run.state
+                    if state == DONE:
+                        skipped += 1
+                        echo(f"[skipped {number}/{total}] {run.label}: validated meanwhile, by another comparison "
+                             f"or a SLURM task")
+                        continue
+                    option = CONTINUE_OPTIONS.get(state)
                     command = [train, *run.train_arguments("cuda" if gpu is not None else device),
-                               *(["--c"] if resumes else [])]
+                               *([option] if option else [])]
                     running[gpu] = _start(run, command, _environment(env, gpu), logs)
-                    echo(f"[started {number}/{total}] {run.label}{' (resumes with --c)' if resumes else ''} on "
+                    echo(f"[started {number}/{total}] {run.label}{STARTED_WORDS.get(state, '')} on "
                          f"{device if gpu is None else f'GPU {gpu}'}")
             time.sleep(POLL_SECONDS)
             for gpu, job in list(running.items()):
@@ -67,7 +78,7 @@ def run_local(runs: Sequence[Run], device: str, gpus: Sequence[str] | None, logs
                     del running[gpu]
                     job.log_file.close()
                     exit_codes[job.run] = job.process.returncode
-                    echo(f"[finished {len(exit_codes)}/{total}] {job.run.label} {_outcome(job)}")
+                    echo(f"[finished {len(exit_codes) + skipped}/{total}] {job.run.label} {_outcome(job)}")
     except BaseException:  # Ctrl-C above all: no training may outlive the command that started it
         for job in running.values():
             job.process.terminate()
@@ -81,7 +92,8 @@ def run_local(runs: Sequence[Run], device: str, gpus: Sequence[str] | None, logs
         echo(f"stopped: {len(running)} running training(s) terminated; run the same command again to resume")
         raise
     failed = sum(code != 0 for code in exit_codes.values())
-    echo(f"{total - failed} of {total} trainings finished" + (f", {failed} FAILED" if failed else ""))
+    echo(f"{len(exit_codes) - failed} of {total} trainings finished"
+         + (f", {skipped} validated meanwhile elsewhere" if skipped else "") + (f", {failed} FAILED" if failed else ""))
     return exit_codes
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from nnunet_dca.compare import figures
-from nnunet_dca.compare.results import COMPLETE, ConfigurationResults, FoldResult, collect, nanmean
-from nnunet_dca.compare.statistics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, compare,
-                                           describe_folds, fold_list)
+from nnunet_dca.compare.results import COMPLETE, EMPTY_CASE_DICE, ConfigurationResults, FoldResult, collect
+from nnunet_dca.compare.statistics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, MIN_NONZERO_DIFFERENCES,
+                                           SIGNIFICANCE, compare, describe_folds, fold_list)
 
 if TYPE_CHECKING:
     from nnunet_dca.compare.study import Study
@@ -29,15 +30,23 @@ GPU_MEMORY_NOTE = ("GPU memory is not shown: nnU-Net logs none (neither the chec
 DICE_NOTE = ("Mean Dice over the fold's validation cases, per label and overall (nnU-Net's foreground_mean: the "
              "mean of the label columns), from each fold's validation/summary.json; a case whose reference and "
              "prediction are both empty has no Dice for that label and is left out of its mean, as nnU-Net does. "
-             "CV: nnU-Net's cross-validation number, every fold's cases pooled, shown only when every requested "
-             "fold is complete. State: complete (summary.json written), training (fold folder without summary: "
-             "training, validating or stopped), missing (no fold folder).")
+             "CV: nnU-Net's cross-validation number over the requested folds, their cases pooled, shown only when "
+             "every requested fold is complete. State: complete (summary.json written), not validated "
+             "(checkpoint_final.pth without summary.json: the validation after training was cut off; --train local "
+             "or slurm validates it, as `nnUNetv2_train ... --val --npz` does), training (fold folder without final "
+             "checkpoint: training or stopped), missing (no fold folder).")
 COMPARISON_NOTE = (f"Difference: trainer minus baseline, Dice per case, over the cases of every fold both completed "
-                   f"(pooled); a case where either Dice is undefined is left out. {CONFIDENCE:.0%} CI: bootstrap "
-                   f"(BCa, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}) of the mean difference. "
-                   f"Wilcoxon p: two-sided signed-rank test over those cases, exact ties left out. Wins / ties / "
-                   f"losses: cases the trainer scores higher / exactly the same / lower. Per fold: each fold's mean "
-                   f"difference; the folds are the independent training runs, the pooled test is not.")
+                   f"(pooled; the folds compared and those left out are named below the table). Where a case's "
+                   f"reference and prediction are both empty, nnU-Net's Dice is undefined (NaN) and the tables "
+                   f"above leave it out; here it counts as {EMPTY_CASE_DICE:g}, a correct empty call, as BraTS "
+                   f"counts it: a trainer that predicts voxels there (Dice 0) loses the case, and no case is left "
+                   f"out. A case's overall Dice is the mean over every label with that rule (report.json's per-case "
+                   f"'overall'). {CONFIDENCE:.0%} CI: bootstrap (BCa, {BOOTSTRAP_RESAMPLES} resamples, seed "
+                   f"{BOOTSTRAP_SEED}) of the mean difference. Wilcoxon p: two-sided signed-rank test over those "
+                   f"cases, exact ties left out; with fewer than {MIN_NONZERO_DIFFERENCES} differing cases it cannot "
+                   f"reach {SIGNIFICANCE}. Wins / ties / losses: cases the trainer scores higher / exactly the same / "
+                   f"lower. Per fold: each fold's mean difference; the folds are the independent training runs, the "
+                   f"pooled test is not.")
 COST_NOTE = ("Parameters: the trained weights in the checkpoint (BatchNorm's running statistics not counted). "
              "Epoch time: the median over every logged epoch of every fold (the first epochs include compilation "
              "and worker start-up), from the checkpoint's epoch timestamps; compare it only between trainers on the "
@@ -71,9 +80,16 @@ def cross_validation(fold_results: list[FoldResult]) -> dict[str, float]:
     """nnU-Net's cross-validation Dice (as nnUNetv2_find_best_configuration computes it on every fold's cases
     pooled): per label the mean over all cases with a Dice, and overall the mean of those per-label means."""
     labels = list(fold_results[0].mean_dice)
-    pooled = {label: nanmean([dice[label] for result in fold_results for dice in result.case_dice.values()])
+    pooled = {label: _nanmean([dice[label] for result in fold_results for dice in result.case_dice.values()])
               for label in labels}
     return {**pooled, OVERALL: float(np.mean(list(pooled.values())))}
+
+
+def _nanmean(values: list[float]) -> float:
+    """The mean of the values that are not NaN; NaN (without numpy's warning) when all are."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmean(values)) if values else float("nan")
 
 
 def _configuration_report(results: ConfigurationResults, out: Path) -> tuple[list[str], dict[str, Any]]:
@@ -113,16 +129,26 @@ def _dice_table(trainer: str, fold_results: list[FoldResult], labels: dict[str, 
         rows.append([str(result.run.fold), result.state, *(_dice(dice.get(key)) for key in [*labels, OVERALL]),
                      str(len(result.case_dice)) if result.state == COMPLETE else ""])
         folds[result.run.fold] = _fold_record(result)
-    incomplete = [result.run.fold for result in fold_results if result.state != COMPLETE]
+    incomplete = [result for result in fold_results if result.state != COMPLETE]
     if incomplete:
         cv = None
-        rows.append(["CV", f"incomplete: {fold_list(incomplete)} missing", *[""] * (len(labels) + 2)])
+        rows.append(["CV", f"incomplete: {_fold_states(incomplete)}", *[""] * (len(labels) + 2)])
     else:
         cv = cross_validation(fold_results)
-        rows.append(["CV", "all folds", *(_dice(cv[key]) for key in [*labels, OVERALL]),
+        rows.append(["CV", fold_list([result.run.fold for result in fold_results]),
+                     *(_dice(cv[key]) for key in [*labels, OVERALL]),
                      str(sum(len(result.case_dice) for result in fold_results))])
     lines = [f"#### {trainer}", "", *_table(header, rows), ""]
-    return lines, {"folds": folds, "missing_folds": incomplete, "cross_validation": cv}
+    return lines, {"folds": folds, "missing_folds": [result.run.fold for result in incomplete],
+                   "cross_validation": cv}
+
+
+def _fold_states(fold_results: list[FoldResult]) -> str:
+    """'fold 1 training, folds 2, 3 missing': the folds of each state, in the order of the folds."""
+    folds_by_state: dict[str, list[int]] = {}
+    for result in fold_results:
+        folds_by_state.setdefault(result.state, []).append(result.run.fold)
+    return ", ".join(f"{fold_list(folds)} {state}" for state, folds in folds_by_state.items())
 
 
 def _fold_record(result: FoldResult) -> dict[str, Any]:
@@ -136,13 +162,29 @@ def _fold_record(result: FoldResult) -> dict[str, Any]:
 def _comparisons(results: ConfigurationResults, labels: dict[str, str]) -> list[dict[str, Any]]:
     comparisons = []
     for trainer in list(results.trainers)[1:]:
+        folds_compared, folds_left_out = _fold_coverage(results, trainer)
         for label in [None, *labels]:
             comparison = compare(_complete_cases(results.trainers[results.baseline], label),
                                  _complete_cases(results.trainers[trainer], label))
             comparisons.append({"trainer": trainer, "baseline": results.baseline,
                                 "dice_of": OVERALL if label is None else label, **asdict(comparison),
+                                "folds_compared": folds_compared, "folds_left_out": folds_left_out,
                                 "folds_in_words": describe_folds(comparison, trainer)})
     return comparisons
+
+
+def _fold_coverage(results: ConfigurationResults, trainer: str) -> tuple[list[int], dict[int, str]]:
+    """The requested folds the comparison with the baseline pools (complete for both), and those it leaves out,
+    each with why: the state of the trainers whose fold is not complete."""
+    compared, left_out = [], {}
+    for index, fold in enumerate(results.folds):
+        incomplete = [f"{name}: {results.trainers[name][index].state}" for name in (results.baseline, trainer)
+                      if results.trainers[name][index].state != COMPLETE]
+        if incomplete:
+            left_out[fold] = ", ".join(incomplete)
+        else:
+            compared.append(fold)
+    return compared, left_out
 
 
 def _complete_cases(fold_results: list[FoldResult], label: str | None) -> dict[int, dict[str, float]]:
@@ -154,24 +196,29 @@ def _comparison_table(comparisons: list[dict[str, Any]], labels: dict[str, str])
               "wins / ties / losses", "per fold"]
     rows = []
     for comparison in comparisons:
-        cases = str(comparison["cases"]) + (f" ({comparison['left_out']} left out)" if comparison["left_out"] else "")
-        interval = comparison["interval"]
+        interval, p, p_note = comparison["interval"], comparison["wilcoxon_p"], comparison["wilcoxon_note"]
         rows.append([
-            comparison["trainer"], _label(comparison["dice_of"], labels), cases,
+            comparison["trainer"], _label(comparison["dice_of"], labels), str(comparison["cases"]),
             _difference(comparison["mean_difference"]),
             f"[{_difference(interval[0])}, {_difference(interval[1])}]" if interval
             else f"n/a ({comparison['interval_note']})",
-            f"{comparison['wilcoxon_p']:.3g}" if comparison["wilcoxon_p"] is not None
-            else f"n/a ({comparison['wilcoxon_note']})",
+            ("n/a" if p is None else f"{p:.3g}") + (f" ({p_note})" if p_note else ""),
             f"{comparison['wins']} / {comparison['ties']} / {comparison['losses']}",
             ", ".join(f"{fold}: {_difference(value)}" for fold, value in comparison["fold_differences"].items())])
     return _table(header, rows)
 
 
 def _fold_words(comparisons: list[dict[str, Any]]) -> dict[str, str]:
-    """The overall comparison's per-fold agreement in words, per trainer."""
-    return {comparison["trainer"]: comparison["folds_in_words"] for comparison in comparisons
-            if comparison["dice_of"] == OVERALL}
+    """Per trainer, the folds its comparison covers and the overall comparison's per-fold agreement, in words:
+    'compared: folds 0, 1; left out: fold 2 (nnUNetTrainerDCA: training). All 2 folds agree: ...'."""
+    words = {}
+    for comparison in comparisons:
+        if comparison["dice_of"] == OVERALL:
+            compared = fold_list(comparison["folds_compared"]) if comparison["folds_compared"] else "no fold"
+            left_out = ", ".join(f"fold {fold} ({why})" for fold, why in comparison["folds_left_out"].items())
+            words[comparison["trainer"]] = (f"compared: {compared}" + (f"; left out: {left_out}" if left_out else "")
+                                            + f". {comparison['folds_in_words']}")
+    return words
 
 
 def _cost(fold_results: list[FoldResult]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Training on a SLURM cluster: one sbatch job array, one task per run still missing, each task nnU-Net's own
-`nnUNetv2_train`, resumed with --c where a checkpoint exists."""
+`nnUNetv2_train`, validated with --val where the final checkpoint exists and resumed with --c where only the latest
+one does."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from nnunet_dca.compare.study import CHECKPOINT_FINAL, CHECKPOINT_LATEST, Run
+from nnunet_dca.compare.study import (CHECKPOINT_FINAL, CHECKPOINT_LATEST, CONTINUE_OPTIONS, DONE, RESUME, SUMMARY,
+                                      VALIDATE, Run)
 from nnunet_dca.demo import nnunet_command
 
 
@@ -41,14 +43,15 @@ def array_script(runs: Sequence[Run], options: SlurmOptions, logs: Path, environ
     """A bash script for sbatch: a job array with one task per run that is not done, in the order given.
 
     The script exports `environment` (nnU-Net's variables as they were when it was written), so submitting it
-    again later, from another shell, trains into the same folders. Each task looks at its fold when it starts:
-    finished meanwhile, it exits; with a checkpoint (a requeued or preempted task), it resumes with --c.
+    again later, from another shell, trains into the same folders. Each task looks at its fold when it starts, as
+    Run.state does: validated meanwhile, it exits; with the final checkpoint but no summary (a validation cut off),
+    it validates with --val; with the latest checkpoint (a requeued or preempted task), it resumes with --c.
     `logs` must exist when the job starts: SLURM does not create the folder of --output.
     `command_line`, the command that wrote the script, goes into its header comment.
     """
-    runs = [run for run in runs if run.state != "done"]
+    runs = [run for run in runs if run.state != DONE]
     if not runs:
-        raise ValueError("no run left to train: every fold has its final checkpoint")
+        raise ValueError(f"no run left to train: every fold has its {SUMMARY}")
     limit = f"%{options.array_limit}" if options.array_limit else ""
     sbatch = [f"--job-name={options.job_name}", f"--array=0-{len(runs) - 1}{limit}",
               f"--output={logs.absolute() / '%A_%a.log'}"]
@@ -60,8 +63,9 @@ def array_script(runs: Sequence[Run], options: SlurmOptions, logs: Path, environ
         "# nnU-Net training for a comparison, written by `nnunet-dca compare --train slurm`"
         + (f":\n#   {shlex.join(command_line)}" if command_line else "."),
         f"# One array task per run still missing ({len(runs)} in all, the case list below), each nnUNetv2_train.",
-        f"# A fold with {CHECKPOINT_FINAL} when its task starts is skipped, one with {CHECKPOINT_LATEST}",
-        "# resumes (--c): submitting this script again as it is (sbatch <this file>) trains only what is missing.",
+        f"# When its task starts, a fold with {SUMMARY} is skipped, one with {CHECKPOINT_FINAL} is validated",
+        f"# ({CONTINUE_OPTIONS[VALIDATE]}), one with {CHECKPOINT_LATEST} resumes ({CONTINUE_OPTIONS[RESUME]}).",
+        "# Submitting this script again as it is (sbatch <this file>) trains only what is missing.",
         "# When the tasks have ended, the same `nnunet-dca compare` without --train writes the report.",
         *(f"#SBATCH {argument}" for argument in sbatch),
         "",
@@ -82,12 +86,13 @@ def array_script(runs: Sequence[Run], options: SlurmOptions, logs: Path, environ
         '    *) echo "no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;',
         "esac",
         "",
-        f'if [[ -f "$fold/{CHECKPOINT_FINAL}" ]]; then',
-        '    echo "$fold has its final checkpoint: nothing to train"',
+        f'if [[ -f "$fold/{SUMMARY}" ]]; then',
+        f'    echo "$fold is validated ({SUMMARY}): nothing to train"',
         "    exit 0",
-        "fi",
-        f'if [[ -f "$fold/{CHECKPOINT_LATEST}" ]]; then',
-        "    arguments+=(--c)",
+        f'elif [[ -f "$fold/{CHECKPOINT_FINAL}" ]]; then',
+        f"    arguments+=({CONTINUE_OPTIONS[VALIDATE]})",
+        f'elif [[ -f "$fold/{CHECKPOINT_LATEST}" ]]; then',
+        f"    arguments+=({CONTINUE_OPTIONS[RESUME]})",
         "fi",
         'echo "$train ${arguments[*]}"',
         'exec "$train" "${arguments[@]}"',

@@ -22,19 +22,20 @@ BOOTSTRAP_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0  # a fixed seed: the same results give the same interval in every report
 # with n nonzero differences the signed-rank test's smallest two-sided p is 2 / 2**n: 0.0625 for n = 5
 MIN_NONZERO_DIFFERENCES = 6
+SIGNIFICANCE = 0.05
+NO_PAIRS = "no paired cases"
 
 
 @dataclass(frozen=True)
 class PairedComparison:
     """A trainer minus the baseline, Dice per case, over the cases of the folds both completed.
 
-    cases: the pairs compared; left_out: cases where either Dice is undefined (NaN: reference and prediction both
-    empty). interval and wilcoxon_p are None where they cannot be computed, and the note says why. wins: cases
-    the trainer scores higher. fold_differences: the mean difference of each fold, the runs' own comparison.
+    cases: the pairs compared. interval and wilcoxon_p are None where they cannot be computed, and their note says
+    why; a wilcoxon_p with a note is scipy's over too few differing cases to reach SIGNIFICANCE. wins: cases the
+    trainer scores higher. fold_differences: the mean difference of each fold, the runs' own comparison.
     """
 
     cases: int
-    left_out: int
     mean_difference: float | None
     interval: tuple[float, float] | None
     interval_note: str
@@ -54,22 +55,18 @@ class PairedComparison:
 
 def compare(baseline: Mapping[int, Mapping[str, float]], trainer: Mapping[int, Mapping[str, float]]
             ) -> PairedComparison:
-    """Compares per-case Dice (fold -> case -> Dice) of a trainer against the baseline, pairing cases by fold and
-    case identifier over the folds present in both."""
+    """Compares per-case Dice (fold -> case -> Dice, every Dice a number: FoldResult.case_values) of a trainer
+    against the baseline, pairing cases by fold and case identifier over the folds present in both."""
     differences_by_fold: dict[int, np.ndarray] = {}
-    left_out = 0
     for fold in sorted(set(baseline) & set(trainer)):
         cases = sorted(set(baseline[fold]) & set(trainer[fold]))
-        pairs = np.array([(trainer[fold][case], baseline[fold][case]) for case in cases], dtype=float).reshape(-1, 2)
-        defined = ~np.isnan(pairs).any(axis=1)
-        left_out += int((~defined).sum())
-        if defined.any():
-            differences_by_fold[fold] = pairs[defined, 0] - pairs[defined, 1]
+        if cases:
+            differences_by_fold[fold] = np.array([trainer[fold][case] - baseline[fold][case] for case in cases])
     differences = np.concatenate(list(differences_by_fold.values())) if differences_by_fold else np.zeros(0)
     interval, interval_note = _bootstrap_interval(differences)
     wilcoxon_p, wilcoxon_note = _wilcoxon(differences)
     return PairedComparison(
-        cases=differences.size, left_out=left_out,
+        cases=differences.size,
         mean_difference=float(differences.mean()) if differences.size else None,
         interval=interval, interval_note=interval_note, wilcoxon_p=wilcoxon_p, wilcoxon_note=wilcoxon_note,
         wins=int((differences > 0).sum()), ties=int((differences == 0).sum()), losses=int((differences < 0).sum()),
@@ -87,11 +84,17 @@ def describe_folds(comparison: PairedComparison, trainer: str) -> str:
                 "much as the method.")
     better = [fold for fold, difference in folds.items() if difference > 0]
     worse = [fold for fold, difference in folds.items() if difference < 0]
+    equal = [fold for fold, difference in folds.items() if difference == 0]
+    also_equal = f", equal (mean difference 0) in {fold_list(equal)}" if equal else ""
     if comparison.folds_disagree:
-        return (f"Folds disagree in sign: {trainer} is better in {fold_list(better)} and worse in {fold_list(worse)}; "
-                f"the pooled test mixes runs that went opposite ways.")
-    direction = "better" if better else "worse" if worse else "equal"
-    return f"All {len(folds)} folds agree: {trainer} is {direction} in each."
+        return (f"Folds disagree in sign: {trainer} is better in {fold_list(better)} and worse in {fold_list(worse)}"
+                f"{also_equal}; the pooled test mixes runs that went opposite ways.")
+    if not equal:
+        return f"All {len(folds)} folds agree: {trainer} is {'better' if better else 'worse'} in each."
+    if not better and not worse:
+        return f"All {len(folds)} folds are equal: the mean difference is 0 in each."
+    direction, leaning = ("better", better) if better else ("worse", worse)
+    return f"The folds do not all agree: {trainer} is {direction} in {fold_list(leaning)}{also_equal}."
 
 
 def fold_list(folds: list[int]) -> str:
@@ -100,6 +103,8 @@ def fold_list(folds: list[int]) -> str:
 
 
 def _bootstrap_interval(differences: np.ndarray) -> tuple[tuple[float, float] | None, str]:
+    if differences.size == 0:
+        return None, NO_PAIRS
     if differences.size < 2:
         return None, "fewer than 2 cases"
     if np.all(differences == differences[0]):
@@ -110,9 +115,13 @@ def _bootstrap_interval(differences: np.ndarray) -> tuple[tuple[float, float] | 
 
 
 def _wilcoxon(differences: np.ndarray) -> tuple[float | None, str]:
+    if differences.size == 0:
+        return None, NO_PAIRS
     nonzero = int(np.count_nonzero(differences))
     if nonzero == 0:
         return None, "no case differs"
+    p = float(stats.wilcoxon(differences, zero_method="wilcox").pvalue)
     if nonzero < MIN_NONZERO_DIFFERENCES:
-        return None, f"{nonzero} differing cases, too few: the smallest p would be {2 / 2 ** nonzero:.3g}"
-    return float(stats.wilcoxon(differences, zero_method="wilcox").pvalue), ""
+        return p, (f"{nonzero} differing cases, too few to reach p < {SIGNIFICANCE}: the smallest p is "
+                   f"{2 / 2 ** nonzero:.3g}")
+    return p, ""

@@ -18,6 +18,16 @@ from nnunet_dca.warm_start import find_trainer_class
 
 CHECKPOINT_FINAL = "checkpoint_final.pth"
 CHECKPOINT_LATEST = "checkpoint_latest.pth"
+SUMMARY = Path("validation") / "summary.json"  # in a fold folder; nnU-Net's validation writes it last
+# A run's state, from its fold folder. nnUNetv2_train writes checkpoint_final.pth when training ends, then validates
+# and writes validation/summary.json: a validation cut off (Ctrl-C, a SLURM time limit, out of memory) leaves the
+# final checkpoint without a summary.
+DONE = "done"  # validation/summary.json exists; so too in results copied without their .pth files
+VALIDATE = "validate"  # checkpoint_final.pth without summary: nnUNetv2_train --val validates it
+RESUME = "resume"  # checkpoint_latest.pth only: nnUNetv2_train --c resumes it
+FRESH = "fresh"  # neither: nnUNetv2_train starts it
+# the nnUNetv2_train option that takes a run on from where it stopped
+CONTINUE_OPTIONS = {VALIDATE: "--val", RESUME: "--c"}
 DEFAULT_PLANS = "nnUNetPlans"
 # nnU-Net's cross-validation when the dataset has no splits_final.json: nnUNetTrainer.do_split writes 5 splits
 DEFAULT_SPLITS = 5
@@ -64,16 +74,18 @@ class Run:
 
     @property
     def state(self) -> str:
-        """'done' (a final checkpoint), 'resume' (only the latest checkpoint) or 'fresh' (neither)."""
+        """DONE, VALIDATE, RESUME or FRESH, as the fold folder is now."""
+        if (self.fold_folder / SUMMARY).is_file():
+            return DONE
         if (self.fold_folder / CHECKPOINT_FINAL).is_file():
-            return "done"
+            return VALIDATE
         if (self.fold_folder / CHECKPOINT_LATEST).is_file():
-            return "resume"
-        return "fresh"
+            return RESUME
+        return FRESH
 
     def train_arguments(self, device: str | None = None) -> list[str]:
         """The arguments of nnUNetv2_train for this run, with --npz (the ensembling step needs the
-        probabilities) and without --c, which the callers add when the run resumes."""
+        probabilities) and without the state's CONTINUE_OPTIONS, which the callers add as they find the run."""
         arguments = [self.dataset, self.configuration, str(self.fold), "-tr", self.trainer, "-p", self.plans, "--npz"]
         return arguments + (["-device", device] if device else [])
 

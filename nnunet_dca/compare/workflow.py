@@ -7,13 +7,14 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+from nnunet_dca.compare import TRAIN_MODES
 from nnunet_dca.compare.local import run_local
 from nnunet_dca.compare.report import write_report
+from nnunet_dca.compare.results import check_same_splits
 from nnunet_dca.compare.slurm import SlurmOptions, array_script, nnunet_environment, submit
-from nnunet_dca.compare.study import Study, check_preprocessed, resolve_study
+from nnunet_dca.compare.study import DONE, Study, check_preprocessed, resolve_study
 from nnunet_dca.trainers import ext_trainer_value
 
-TRAIN_MODES = ("none", "local", "slurm")
 SLURM_SCRIPT = "compare.sbatch"
 
 
@@ -36,6 +37,7 @@ def compare(datasets: Sequence[str], configurations: Sequence[str], trainers: Se
     failed = 0
     if train != "none":
         check_preprocessed(study)
+        check_same_splits(study)  # before hours of training whose folds could not be paired
     if train == "local":
         exit_codes = run_local(study.runs(), device, gpus, out / "logs", echo=echo)
         failed = sum(code != 0 for code in exit_codes.values())
@@ -49,9 +51,9 @@ def compare(datasets: Sequence[str], configurations: Sequence[str], trainers: Se
 def _train_on_slurm(study: Study, out: Path, device: str, options: SlurmOptions, dry_run: bool,
                     command_line: Sequence[str], echo: Callable[[str], None]) -> None:
     runs = study.runs()
-    missing = [run for run in runs if run.state != "done"]
+    missing = [run for run in runs if run.state != DONE]
     if not missing:
-        echo(f"All {len(runs)} trainings are done: nothing to submit")
+        echo(f"All {len(runs)} trainings are done and validated: nothing to submit")
         return
     logs = out / "slurm"
     script = array_script(missing, options, logs, nnunet_environment(), device, command_line)
