@@ -163,7 +163,8 @@ def _comparisons(results: ConfigurationResults, labels: dict[str, str]) -> list[
     comparisons = []
     for trainer in list(results.trainers)[1:]:
         folds_compared, folds_left_out = _fold_coverage(results, trainer)
-        for label in [None, *labels]:
+        # with one label the overall Dice is that label's: one row says it
+        for label in [None, *labels] if len(labels) > 1 else [None]:
             comparison = compare(_complete_cases(results.trainers[results.baseline], label),
                                  _complete_cases(results.trainers[trainer], label))
             comparisons.append({"trainer": trainer, "baseline": results.baseline,
