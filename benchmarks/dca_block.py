@@ -10,13 +10,12 @@ the one above), the token grid the size of the deepest skip: 28 x 28 (784 tokens
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
 
-from measure import peak_bytes, synchronize
+from measure import environment, peak_bytes, print_table, synchronize
 from nnunet_dca import DCA
 from nnunet_dca.naive import NaiveDCA
 
@@ -66,11 +65,9 @@ def main() -> None:
             rows.append(f"| {grid * grid} ({grid} x {grid}) | {implementation} | {result['seconds']:.3f} | "
                         f"{result['peak_bytes'] / 2**20:.0f} | {result['seconds'] / naive['seconds']:.2f} | "
                         f"{result['peak_bytes'] / naive['peak_bytes']:.2f} |")
-    print(f"DCA block, features {FEATURES}, batch {args.batch}, forward+backward, median of {args.repeats}; "
-          f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
-    print("| tokens | path | time (s) | peak memory (MiB) | time / naive | memory / naive |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    print("\n".join(rows))
+    print_table(f"DCA block, features {FEATURES}, batch {args.batch}, forward+backward, median of {args.repeats}; "
+                f"{environment(args.device)}",
+                ["tokens", "path", "time (s)", "peak memory (MiB)", "time / naive", "memory / naive"], rows)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from cases import Case, ct_cases, plans_cases
 from ct_plans import CONFIGS
-from measure import alternated_times, environment, ratio_cells
+from measure import alternated_times, environment, print_table, ratio_cells
 from nnunet_dca.trainers import trainer_dir
 
 
@@ -81,12 +81,9 @@ def main() -> None:
             alternated_times(calls, 1, args.device)  # warm-up
             times = alternated_times(calls, args.repeats, args.device)
             rows.append(f"| {case.name} | {'x'.join(map(str, case.volume))} | {ratio_cells(times)} |")
-    print(f"Sliding-window inference (nnUNetPredictor, step 0.5, gaussian, mirroring "
-          f"{'on' if args.mirroring else 'off'}), median of {args.repeats} alternated runs; "
-          f"{environment(args.device)}")
-    print("| config | volume | stock (s) | DCA (s) | time DCA / stock |")
-    print("| --- | --- | --- | --- | --- |")
-    print("\n".join(rows))
+    print_table(f"Sliding-window inference (nnUNetPredictor, step 0.5, gaussian, mirroring "
+                f"{'on' if args.mirroring else 'off'}), median of {args.repeats} alternated runs; "
+                f"{environment(args.device)}", ["config", "volume", "stock (s)", "DCA (s)", "time DCA / stock"], rows)
 
 
 if __name__ == "__main__":

@@ -57,5 +57,13 @@ def ratio_cells(times: dict[str, list[float]]) -> str:
     return f"{statistics.median(times['stock']):.2f} | {statistics.median(times['dca']):.2f} | {ratio:.3f}"
 
 
+def print_table(title: str, header: list[str], rows: list[str]) -> None:
+    """Prints a markdown table under its title line; rows are already formatted '| ... |' lines."""
+    print(title)
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    print("\n".join(rows))
+
+
 def environment(device: str) -> str:
     return f"{device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}"

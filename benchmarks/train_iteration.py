@@ -75,7 +75,7 @@ def main() -> None:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from cases import plans_cases
-    from measure import alternated_times, environment, ratio_cells
+    from measure import alternated_times, environment, print_table, ratio_cells
     from nnunet_dca.trainers.nnUNetTrainerDCA import nnUNetTrainerDCA
 
     rows = []
@@ -102,11 +102,9 @@ def main() -> None:
             shutil.rmtree(os.environ["nnUNet_preprocessed"])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"nnU-Net training iteration (dataloader with {args.workers} augmentation workers, train_step), median of "
-          f"{args.repeats} alternated runs; {environment(args.device)}")
-    print("| config | batch x patch | stock (s) | DCA (s) | time DCA / stock |")
-    print("| --- | --- | --- | --- | --- |")
-    print("\n".join(rows))
+    print_table(f"nnU-Net training iteration (dataloader with {args.workers} augmentation workers, train_step), "
+                f"median of {args.repeats} alternated runs; {environment(args.device)}",
+                ["config", "batch x patch", "stock (s)", "DCA (s)", "time DCA / stock"], rows)
 
 
 if __name__ == "__main__":

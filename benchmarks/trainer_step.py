@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from cases import Case, ct_cases, plans_cases
 from ct_plans import CONFIGS
-from measure import alternated_times, environment, peak_bytes, ratio_cells, synchronize
+from measure import alternated_times, environment, peak_bytes, print_table, ratio_cells, synchronize
 
 
 def training_step(case: Case, network: torch.nn.Module, device: str, amp: bool) -> Callable[[], None]:
@@ -77,12 +77,10 @@ def main() -> None:
                     f"{ratio_cells(times)} | {peaks['stock'] / 2**20:.0f} | {peaks['dca'] / 2**20:.0f} | "
                     f"{peaks['dca'] / peaks['stock']:.3f} |")
         del steps
-    print(f"Training step (planned batch, deep supervision, backward), median of {args.repeats} alternated runs; "
-          f"{environment(args.device)}{', ' + ' '.join(flags) if flags else ''}")
-    print("| config | batch x patch | stock (s) | DCA (s) | time DCA / stock | stock peak (MiB) | DCA peak (MiB) | "
-          "memory DCA / stock |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    print("\n".join(rows))
+    print_table(f"Training step (planned batch, deep supervision, backward), median of {args.repeats} alternated "
+                f"runs; {environment(args.device)}{', ' + ' '.join(flags) if flags else ''}",
+                ["config", "batch x patch", "stock (s)", "DCA (s)", "time DCA / stock", "stock peak (MiB)",
+                 "DCA peak (MiB)", "memory DCA / stock"], rows)
 
 
 if __name__ == "__main__":
