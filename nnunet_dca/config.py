@@ -1,14 +1,21 @@
 """The optional `dca` block of a plans configuration: plans['configurations'][name]['dca'].
 
-Every key is optional; the defaults follow the paper (DESIGN.md, "Defaults and why"):
+Every key is optional; the defaults follow the paper (DESIGN.md, "Defaults and why") except `merge`:
 
-    "dca": {"stages": 4, "token_grid": null, "max_tokens": 1024, "n_blocks": 1,
-            "channel_heads": 1, "spatial_heads": 4, "channel_attention": true, "spatial_attention": true}
+    "dca": {"stages": 4, "token_grid": null, "max_tokens": 1024, "n_blocks": 1, "channel_heads": 1,
+            "spatial_heads": 4, "channel_attention": true, "spatial_attention": true, "merge": "residual"}
+
+`merge` "residual" adds the refined skip's branch to the skip and starts it at zero, so the DCA U-Net starts as the
+stock U-Net; "paper" is the paper's BatchNorm and ReLU of the sum (see nnunet_dca.dca.DCA). Blocks saved before
+`merge` existed (a model folder's `dca_resolved`, a plans-only configuration's `arch_kwargs.dca`) mean "paper".
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
+
+# how DCA's refined skip joins the skip: see nnunet_dca.dca.DCA
+MERGES = ("paper", "residual")
 
 DEFAULTS: dict[str, Any] = {
     "stages": 4,
@@ -19,7 +26,10 @@ DEFAULTS: dict[str, Any] = {
     "spatial_heads": 4,
     "channel_attention": True,
     "spatial_attention": True,
+    "merge": "residual",
 }
+# what a saved block without `merge` was trained with: every model before the key existed used the paper's merge
+SAVED_BEFORE_MERGE = {"merge": "paper"}
 
 
 def parse_dca_block(block: Mapping[str, Any] | None) -> tuple[int, dict[str, Any]]:
@@ -55,6 +65,9 @@ def parse_dca_block(block: Mapping[str, Any] | None) -> tuple[int, dict[str, Any
     for key in ("channel_attention", "spatial_attention"):
         if not isinstance(settings[key], bool):
             raise ValueError(f"dca '{key}' must be true or false, got {settings[key]!r}")
+    if settings["merge"] not in MERGES:
+        raise ValueError(f"dca 'merge' must be one of {list(MERGES)}, got {settings['merge']!r}; the default is "
+                         f"{DEFAULTS['merge']!r}")
     if not (settings["channel_attention"] or settings["spatial_attention"]):
         raise ValueError("dca 'channel_attention' and 'spatial_attention' are both false; keep at least one on "
                          "(for a U-Net without DCA, train the stock nnUNetTrainer)")
@@ -71,6 +84,12 @@ def resolved_dca_block(block: Mapping[str, Any] | None) -> dict[str, Any]:
     stages, kwargs = parse_dca_block(block)
     return {"stages": stages, **{key: list(value) if isinstance(value, tuple) else value
                                  for key, value in kwargs.items()}}
+
+
+def saved_dca_block(block: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A block saved with a model (`dca_resolved`, or `arch_kwargs.dca` of a plans-only configuration), resolved
+    as `resolved_dca_block` does, with the paper's merge where the block predates the `merge` key."""
+    return resolved_dca_block({**SAVED_BEFORE_MERGE, **(block or {})})
 
 
 def _is_positive_int(value: object) -> bool:

@@ -5,7 +5,9 @@ DCA refines the first encoder skips of a U-Net before the decoder sees them:
 1. patch embedding: each skip x_i (C_i channels) is average-pooled to one token grid (N tokens) and scaled per
    channel (a depthwise 1x1 projection);
 2. n blocks of channel cross-attention (CCA) then spatial cross-attention (SCA), each with a token residual;
-3. tokens back to maps, a 1x1 conv, upsampled to x_i's size, added to x_i, BatchNorm, ReLU.
+3. tokens back to maps, a 1x1 conv, upsampled to x_i's size and merged into x_i: the paper adds them and applies
+   BatchNorm and ReLU to the sum (`merge="paper"`); `merge="residual"` adds them to x_i and nothing else, with the
+   1x1 conv starting at zero, so the block starts as the identity and the U-Net around it as the stock U-Net.
 
 Tokens are (B, N, C) throughout. No parameter depends on the token grid, so one module serves any input size.
 """
@@ -21,6 +23,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from nnunet_dca.config import MERGES
 
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 BATCH_NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -50,15 +54,19 @@ def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
-def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale) v, explicit. q (..., L, d), k (..., M, d), v (..., M, d_v) -> (..., L, d_v).
+def attention_probabilities(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale), float32. q (..., L, d), k (..., M, d) -> (..., L, M), each row sums to one.
 
     The scores and the softmax are float32 under any autocast, as the fused kernels accumulate them: float16
     scores lose the digits that decide the softmax once they reach the thousands, and overflow past 65,504.
     """
     with torch.autocast(q.device.type, enabled=False):
-        attention = torch.softmax(at_least_float32(q) @ at_least_float32(k).transpose(-2, -1) * scale, dim=-1)
-    return attention.to(v.dtype) @ v
+        return torch.softmax(at_least_float32(q) @ at_least_float32(k).transpose(-2, -1) * scale, dim=-1)
+
+
+def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v, explicit. q (..., L, d), k (..., M, d), v (..., M, d_v) -> (..., L, d_v)."""
+    return attention_probabilities(q, k, scale).to(v.dtype) @ v
 
 
 def attention_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -104,24 +112,29 @@ class ChannelCrossAttention(nn.Module):
         self.out = DepthwiseProjection(channels, spatial_dims)
 
     def forward(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        c = split_heads(context, self.heads)  # (B, h, N, C_sum/h)
+        attention = self.attention_weights(tokens, context).to(c.dtype)  # (B, h, C_i/h, C_sum/h)
+        value_weight, value_bias = (p.view(self.heads, 1, -1) for p in (self.value.weight, self.value.bias))
+        # V = c w_v + b_v, so out = V A^T = c (A w_v)^T + (A b_v^T)^T; the output projection scales and shifts the
+        # output channels, the rows of A: it folds in the same way. No N x C_sum copy of the context is made.
+        out_weight, out_bias = self.out.weight.view(self.heads, -1, 1), self.out.bias.view(self.heads, 1, -1)
+        mixing = attention * value_weight * out_weight  # (B, h, C_i/h, C_sum/h)
+        offset = (attention @ value_bias.transpose(-2, -1)).transpose(-2, -1) * out_weight.transpose(-2, -1) + out_bias
+        return merge_heads(c @ mixing.transpose(-2, -1) + offset)  # offset (B, h, 1, C_i/h)
+
+    def attention_weights(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """softmax(Q^T K * C_sum^-0.5), float32: (B, h, C_i/h, C_sum/h), each row sums to one."""
         q = split_heads(self.query(tokens), self.heads)  # (B, h, N, C_i/h)
         c = split_heads(context, self.heads)  # (B, h, N, C_sum/h)
-        key_weight, key_bias, value_weight, value_bias = (
-            p.view(self.heads, 1, -1) for p in (self.key.weight, self.key.bias, self.value.weight, self.value.bias))
-        # Channels are the attended axis. K = c w_k + b_k and V = c w_v + b_v scale the context per channel, so the
-        # scaling moves onto the small C_i/h x C_sum/h matrices instead of two N x C_sum tensors per stage (exact):
-        #   Q^T K = (Q^T c) w_k + (sum_n Q)^T b_k,    out = V A^T = c (A w_v)^T + (A b_v^T)^T
+        key_weight, key_bias = (p.view(self.heads, 1, -1) for p in (self.key.weight, self.key.bias))
+        # K = c w_k + b_k scales the context per channel, so the scaling moves onto the small C_i/h x C_sum/h
+        # scores instead of an N x C_sum tensor per stage (exact): Q^T K = (Q^T c) w_k + (sum_n Q)^T b_k.
         # Q^T c sums over all N tokens before any scaling; under float16 autocast (nnU-Net's default on CUDA) that
         # sum leaves float16's range at a few thousand tokens. The scores are C_i/h x C_sum/h: float32 costs little.
         with torch.autocast(q.device.type, enabled=False):
             q32, c32 = at_least_float32(q), at_least_float32(c)
             scores = (q32.transpose(-2, -1) @ c32) * key_weight + q32.sum(dim=-2).unsqueeze(-1) * key_bias
-            attention = torch.softmax(scores * self.scale, dim=-1).to(c.dtype)  # (B, h, C_i/h, C_sum/h)
-        # the output projection scales and shifts the output channels, the rows of A: it folds in the same way
-        out_weight, out_bias = self.out.weight.view(self.heads, -1, 1), self.out.bias.view(self.heads, 1, -1)
-        mixing = attention * value_weight * out_weight  # (B, h, C_i/h, C_sum/h)
-        offset = (attention @ value_bias.transpose(-2, -1)).transpose(-2, -1) * out_weight.transpose(-2, -1) + out_bias
-        return merge_heads(c @ mixing.transpose(-2, -1) + offset)  # offset (B, h, 1, C_i/h)
+            return torch.softmax(scores * self.scale, dim=-1)
 
 
 class SpatialCrossAttention(nn.Module):
@@ -143,22 +156,34 @@ class SpatialCrossAttention(nn.Module):
 
     def forward(self, tokens: torch.Tensor, context: torch.Tensor, fused: bool = True) -> torch.Tensor:
         # Every projection is a per-channel scale and shift, so they fold into one projection each side (exact):
-        # - keys: (Q)(c w_k + b_k)^T = (Q w_k) c^T + (Q b_k) 1^T. The second term adds one value to every score of
-        #   a row, which softmax cancels, so the keys are the context itself and w_k scales the queries. b_k stays
-        #   in the graph with a zero gradient: DDP requires every parameter to take part.
+        # - keys: see `queries_and_keys`.
         # - out: A (V w_o + b_o) = (A V) w_o + b_o, because each row of A sums to one, so w_o and b_o act on V.
         # Each stage then projects the context once and its tokens once, instead of twice each.
-        key_weight = self.key.weight.view(-1)
-        query_weight = self.query.weight.view(-1) * key_weight
-        query_bias = self.query.bias * key_weight + 0 * self.key.bias
         out_weight = self.out.weight.view(-1)
         value_weight = self.value.weight.view(-1) * out_weight
         value_bias = self.value.bias * out_weight + self.out.bias
-        q = split_heads(torch.addcmul(query_bias, context, query_weight), self.heads)  # (B, h, N, C_sum/h)
-        k = split_heads(context, self.heads)
+        q, k = self.queries_and_keys(context)
         v = split_heads(torch.addcmul(value_bias, tokens, value_weight), self.heads)  # (B, h, N, C_i/h)
         attend = attention_fused if fused else attention_math
         return merge_heads(attend(q, k, v, self.scale))
+
+    def queries_and_keys(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries and keys as the attention uses them, (B, h, N, C_sum/h) each; their scores equal the paper's.
+
+        (Q)(c w_k + b_k)^T = (Q w_k) c^T + (Q b_k) 1^T. The second term adds one value to every score of a row,
+        which softmax cancels, so the keys are the context itself and w_k scales the queries. b_k stays in the
+        graph with a zero gradient: DDP requires every parameter to take part.
+        """
+        key_weight = self.key.weight.view(-1)
+        query_weight = self.query.weight.view(-1) * key_weight
+        query_bias = self.query.bias * key_weight + 0 * self.key.bias
+        q = split_heads(torch.addcmul(query_bias, context, query_weight), self.heads)
+        return q, split_heads(context, self.heads)
+
+    def attention_weights(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """softmax(Q K^T * (C_sum/h)^-0.5), float32: (B, h, N, N), each row sums to one. `tokens` take no part
+        (the values come from them); the argument keeps the signature of the channel attention's."""
+        return attention_probabilities(*self.queries_and_keys(context), self.scale)
 
 
 class DCABlock(nn.Module):
@@ -208,6 +233,11 @@ class DCA(nn.Module):
         spatial_dims: 2 or 3.
         fused_attention: run spatial attention on the fused `scaled_dot_product_attention` kernels (default)
             rather than the explicit math; both compute the same. A plain attribute, switchable at any time.
+        merge: how the refined tokens, back at each skip's size through a 1x1 conv, join the skip. "paper":
+            ReLU(BatchNorm(skip + branch)), the paper's block. "residual": skip + branch, the 1x1 conv initialized
+            to zero, so the block starts as the identity and grows from there, as nnU-Net's residual encoders
+            start each residual branch at zero; no BatchNorm, so no running statistics and nothing to synchronize
+            across processes.
 
     Input: a list of skips, each (B, C_i, *spatial_i) with any spatial size. Output: a list of the same shapes.
     """
@@ -215,8 +245,11 @@ class DCA(nn.Module):
     def __init__(self, features: Sequence[int], token_grid: int | Sequence[int] | None = None,
                  max_tokens: int | None = 1024, n_blocks: int = 1, channel_heads: int | Sequence[int] = 1,
                  spatial_heads: int | Sequence[int] = 4, channel_attention: bool = True,
-                 spatial_attention: bool = True, spatial_dims: int = 2, fused_attention: bool = True) -> None:
+                 spatial_attention: bool = True, spatial_dims: int = 2, fused_attention: bool = True,
+                 merge: str = "paper") -> None:
         super().__init__()
+        if merge not in MERGES:
+            raise ValueError(f"merge must be one of {list(MERGES)}, got {merge!r}")
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
         if isinstance(features, int) or len(features) == 0 or not all(_is_positive_int(c) for c in features):
@@ -237,8 +270,15 @@ class DCA(nn.Module):
         self.blocks = nn.ModuleList(
             DCABlock(self.features, channel_heads, spatial_heads, channel_attention, spatial_attention, spatial_dims)
             for _ in range(n_blocks))
+        self.merge = merge
         self.output_convs = nn.ModuleList(CONV[spatial_dims](c, c, kernel_size=1) for c in self.features)
-        self.output_norms = nn.ModuleList(BATCH_NORM[spatial_dims](c) for c in self.features)
+        if merge == "paper":
+            self.output_norms = nn.ModuleList(BATCH_NORM[spatial_dims](c) for c in self.features)
+        else:
+            self.output_norms = None
+            for conv in self.output_convs:
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
 
     def forward(self, skips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         self._check_inputs(skips)
@@ -246,8 +286,7 @@ class DCA(nn.Module):
         tokens = [embed(_pool_to_tokens(x, grid)) for x, embed in zip(skips, self.patch_embeddings)]
         for block in self.blocks:
             tokens = block(tokens, self.fused_attention)
-        return [self._back_to_skip(t, x, grid, conv, norm)
-                for t, x, conv, norm in zip(tokens, skips, self.output_convs, self.output_norms)]
+        return [self._back_to_skip(t, x, grid, stage) for stage, (t, x) in enumerate(zip(tokens, skips))]
 
     def grid_for(self, skips: Sequence[torch.Tensor]) -> tuple[int, ...]:
         """The token grid used for these skips: `token_grid` if set, else the paper's rule with the cap."""
@@ -255,15 +294,18 @@ class DCA(nn.Module):
             return self.token_grid
         return capped_grid(tuple(skips[-1].shape[2:]), self.max_tokens)
 
-    def _back_to_skip(self, tokens: torch.Tensor, skip: torch.Tensor, grid: tuple[int, ...], conv: nn.Module,
-                      norm: nn.Module) -> torch.Tensor:
+    def _back_to_skip(self, tokens: torch.Tensor, skip: torch.Tensor, grid: tuple[int, ...],
+                      stage: int) -> torch.Tensor:
         batch, _, channels = tokens.shape
         # contiguous: a reshaped transpose would be a channels-last view, and that layout would follow the
         # refined skip into the decoder, whose convolutions then run on slower paths
         tokens = tokens.transpose(1, 2).contiguous().view(batch, channels, *grid)
         # The paper upsamples, then applies the 1x1 conv. Both are linear and interpolation weights sum to one,
         # so they commute exactly; the conv at token resolution costs a fraction of the conv at skip resolution.
-        refined = conv(tokens)
+        refined = self.output_convs[stage](tokens)
+        if self.merge == "residual":
+            return _upsample_onto(refined, skip)
+        norm = self.output_norms[stage]
         if not self.training:
             return torch.relu_(norm(_upsample_onto(refined, skip)))
         # Training: the skip-resolution tail is recomputed in backward instead of keeping its two skip-sized

@@ -42,12 +42,16 @@ class NaiveDCA(nn.Module):
 
     Same arguments as `nnunet_dca.DCA` except that `token_grid` is required (a tuple or an int).
     Input: a list of skips (B, C_i, *spatial_i). Output: a list of the same shapes.
+    `attention_weights` holds the attention matrices of the last call: per kind ("channel", "spatial"), per block,
+    per stage, (B, h, C_i/h, C_sum/h) and (B, h, N, N).
     """
 
     def __init__(self, features: Sequence[int], token_grid: int | Sequence[int], n_blocks: int = 1,
                  channel_heads: int = 1, spatial_heads: int = 4, channel_attention: bool = True,
-                 spatial_attention: bool = True, spatial_dims: int = 2) -> None:
+                 spatial_attention: bool = True, spatial_dims: int = 2, merge: str = "paper") -> None:
         super().__init__()
+        self.merge = merge
+        self.attention_weights: dict[str, list[list[torch.Tensor]]] = {}
         total = sum(features)
         self.features, self.spatial_dims = list(features), spatial_dims
         self.grid = (token_grid,) * spatial_dims if isinstance(token_grid, int) else tuple(token_grid)
@@ -69,7 +73,12 @@ class NaiveDCA(nn.Module):
             conv.conv = CONV[spatial_dims](c, c, kernel_size=1)
             upconv.conv = conv
             self.upconvs.append(upconv)
-        self.bn_relu = nn.ModuleList(nn.Sequential(BATCH_NORM[spatial_dims](c), nn.ReLU()) for c in features)
+        if merge == "paper":
+            self.bn_relu = nn.ModuleList(nn.Sequential(BATCH_NORM[spatial_dims](c), nn.ReLU()) for c in features)
+        else:  # "residual": skip + the branch, which starts at zero
+            for upconv in self.upconvs:
+                nn.init.zeros_(upconv.conv.conv.weight)
+                nn.init.zeros_(upconv.conv.conv.bias)
 
     def project(self, projection: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens (B, N, C) back to a map, the grouped conv, and to tokens again."""
@@ -77,39 +86,51 @@ class NaiveDCA(nn.Module):
         token_map = tokens.transpose(1, 2).reshape(batch, channels, *self.grid)
         return projection.proj.depthwise(token_map).flatten(2).transpose(1, 2)
 
-    def channel_attention(self, pair: nn.Module, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def channel_attention(self, pair: nn.Module, query: torch.Tensor, context: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stage's output and its attention weights."""
         q, k, v = (self.project(p, t) for p, t in ((pair.q_map, query), (pair.k_map, context), (pair.v_map, context)))
         h = self.channel_heads
         # heads split the channel axis; each head holds a C/h x N block
         q, k, v = (t.transpose(1, 2).unflatten(1, (h, -1)) for t in (q, k, v))
         scores = torch.einsum("bhcn,bhkn->bhck", q, k) * context.shape[-1] ** -0.5
-        out = torch.einsum("bhck,bhkn->bhcn", scores.softmax(dim=-1), v)
-        return self.project(pair.projection, out.flatten(1, 2).transpose(1, 2))
+        weights = scores.softmax(dim=-1)
+        out = torch.einsum("bhck,bhkn->bhcn", weights, v)
+        return self.project(pair.projection, out.flatten(1, 2).transpose(1, 2)), weights
 
-    def spatial_attention(self, pair: nn.Module, values: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def spatial_attention(self, pair: nn.Module, values: torch.Tensor, context: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stage's output and its attention weights."""
         q, k, v = (self.project(p, t) for p, t in ((pair.q_map, context), (pair.k_map, context), (pair.v_map, values)))
         h = self.spatial_heads
         q, k, v = (t.unflatten(2, (h, -1)) for t in (q, k, v))  # (B, N, h, C/h)
         scores = torch.einsum("bnhc,bmhc->bhnm", q, k) * (context.shape[-1] // h) ** -0.5  # N x N per head
-        out = torch.einsum("bhnm,bmhc->bnhc", scores.softmax(dim=-1), v)
-        return self.project(pair.projection, out.flatten(2))
+        weights = scores.softmax(dim=-1)
+        out = torch.einsum("bhnm,bmhc->bnhc", weights, v)
+        return self.project(pair.projection, out.flatten(2)), weights
 
     def forward(self, skips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         pool = F.adaptive_avg_pool2d if self.spatial_dims == 2 else F.adaptive_avg_pool3d
         tokens = [self.project(p, pool(x, self.grid).flatten(2).transpose(1, 2)) for p, x in zip(self.avg_map, skips)]
+        self.attention_weights = {"channel": [], "spatial": []}
         for block in self.attention:
             if hasattr(block, "c_attention"):
                 normed = [norm(t) for norm, t in zip(block.channel_norm, tokens)]
                 context = torch.cat(normed, dim=2)
-                tokens = [t + self.channel_attention(p, n, context) for t, n, p in zip(tokens, normed, block.c_attention)]
+                results = [self.channel_attention(p, n, context) for n, p in zip(normed, block.c_attention)]
+                tokens = [t + out for t, (out, _) in zip(tokens, results)]
+                self.attention_weights["channel"].append([weights for _, weights in results])
             if hasattr(block, "s_attention"):
                 normed = [norm(t) for norm, t in zip(block.spatial_norm, tokens)]
                 context = torch.cat(normed, dim=2)
-                tokens = [t + self.spatial_attention(p, n, context) for t, n, p in zip(tokens, normed, block.s_attention)]
+                results = [self.spatial_attention(p, n, context) for n, p in zip(normed, block.s_attention)]
+                tokens = [t + out for t, (out, _) in zip(tokens, results)]
+                self.attention_weights["spatial"].append([weights for _, weights in results])
         outputs = []
-        for t, x, upconv, bn_relu in zip(tokens, skips, self.upconvs, self.bn_relu):
+        for stage, (t, x, upconv) in enumerate(zip(tokens, skips, self.upconvs)):
             token_map = t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *self.grid)
             upsampled = F.interpolate(token_map, size=x.shape[2:], mode=INTERPOLATION[self.spatial_dims],
                                       align_corners=True)
-            outputs.append(bn_relu(upconv.conv.conv(upsampled) + x))
+            merged = upconv.conv.conv(upsampled) + x
+            outputs.append(self.bn_relu[stage](merged) if self.merge == "paper" else merged)
         return outputs

@@ -32,6 +32,15 @@ def dca_matching(naive: NaiveDCA, **kwargs) -> DCA:
     return dca
 
 
+def grow_branches(module: torch.nn.Module) -> torch.nn.Module:
+    """The residual merge's 1x1 convs start at zero; give them PyTorch's default init, as the paper's have, so the
+    branch they start adds something to check (DCA's output_convs, NaiveDCA's upconvs)."""
+    for name, submodule in module.named_modules():
+        if isinstance(submodule, (torch.nn.Conv2d, torch.nn.Conv3d)) and ("output_convs" in name or "upconvs" in name):
+            submodule.reset_parameters()
+    return module
+
+
 def assert_lists_close(actual, expected, atol=1e-5, rtol=1e-5):
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected):
@@ -99,6 +108,54 @@ def test_3d_equals_naive_formulation():
     dca = dca_matching(naive, token_grid=(3, 4, 5))
     skips = skips_for(features, ladder((12, 15, 19), 3))
     assert_lists_close(dca(skips), naive(skips))
+
+
+# 1b. The residual merge: skip + branch, the branch starting at zero
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_residual_merge_starts_as_the_identity(dims, train):
+    torch.manual_seed(0)
+    features = [8, 16, 32]
+    dca = DCA(features, merge="residual", spatial_dims=dims).train(train)
+    skips = skips_for(features, ladder((13,) * dims, 3))
+    assert all(torch.equal(out, x) for out, x in zip(dca(skips), skips))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_residual_merge_equals_naive_formulation(dims, train, fused):
+    torch.manual_seed(0)
+    features = [8, 16, 32]
+    grid = (6, 5) if dims == 2 else (3, 4, 5)
+    naive = grow_branches(NaiveDCA(features, token_grid=grid, spatial_dims=dims, merge="residual")).train(train)
+    dca = dca_matching(naive, token_grid=grid, merge="residual", fused_attention=fused).train(train)
+    skips = skips_for(features, ladder((37, 29) if dims == 2 else (12, 15, 19), 3))
+    outs = dca(skips)
+    assert_lists_close(outs, naive(skips))
+    assert not any(torch.allclose(out, x) for out, x in zip(outs, skips))  # the branch is not zero here
+
+
+def test_residual_merge_has_the_papers_parameters_but_the_batch_norms():
+    paper, residual = DCA(PAPER_FEATURES, token_grid=28), DCA(PAPER_FEATURES, token_grid=28, merge="residual")
+    paper_names = [name for name, _ in paper.named_parameters()]
+    assert [name for name, _ in residual.named_parameters()] == [n for n in paper_names if "output_norms" not in n]
+    assert sum(p.numel() for p in residual.parameters()) == 110_560 - 2 * sum(PAPER_FEATURES)
+    assert list(residual.buffers()) == []  # no running statistics: nothing to synchronize across processes
+    assert all(not conv.weight.any() and not conv.bias.any() for conv in residual.output_convs)
+
+
+def test_residual_merge_at_initialization_trains_the_output_convs_first():
+    features = [4, 8, 16]
+    dca = DCA(features, merge="residual").train()
+    skips = skips_for(features, ladder((12, 12), 3))
+    sum(o.square().mean() for o in dca(skips)).backward()
+    for name, p in dca.named_parameters():
+        # the zero convs pass no gradient back into DCA yet; they get one themselves, and grow from there
+        assert p.grad is not None, name
+        assert (p.grad.abs().max() > 1e-6) == name.startswith("output_convs"), name
 
 
 # 2. Shape-general
@@ -240,12 +297,13 @@ def test_spatial_attention_by_hand(fused):
 
 
 @pytest.mark.parametrize("options", [dict(), dict(channel_attention=False), dict(spatial_attention=False),
-                                     dict(n_blocks=2, spatial_dims=3)])
+                                     dict(n_blocks=2, spatial_dims=3), dict(merge="residual"),
+                                     dict(merge="residual", n_blocks=2, spatial_dims=3)])
 def test_gradients_reach_every_parameter(options):
     features = [4, 8, 16]
     # eval mode: in training, BatchNorm's batch statistics cancel every per-channel constant before it, so the
     # biases feeding it get zero gradients (they still take part, as DDP requires; see test below)
-    dca = DCA(features, **options).eval()
+    dca = grow_branches(DCA(features, **options)).eval()
     dims = options.get("spatial_dims", 2)
     skips = skips_for(features, ladder((12,) * dims, 3))
     for x in skips:
@@ -261,9 +319,10 @@ def test_gradients_reach_every_parameter(options):
     assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in skips)
 
 
-def test_every_parameter_takes_part_in_training_mode():
+@pytest.mark.parametrize("merge", ["paper", "residual"])
+def test_every_parameter_takes_part_in_training_mode(merge):
     features = [4, 8, 16]
-    dca = DCA(features).train()
+    dca = DCA(features, merge=merge).train()
     sum(o.square().mean() for o in dca(skips_for(features, ladder((12, 12), 3)))).backward()
     assert [name for name, p in dca.named_parameters() if p.grad is None] == []
 
@@ -330,10 +389,11 @@ def test_float16_autocast_spatial_math_path_forms_its_scores_in_float32():
     assert_float16_finite_and_close(dca, skips, 1e-3)
 
 
+@pytest.mark.parametrize("merge", ["paper", "residual"])
 @pytest.mark.parametrize("size", [(16, 16), (8, 8, 8)])
-def test_float16_autocast_training_step_has_finite_gradients(size):
-    dca, skips = overflowing_float16_case(size)
-    dca.train()
+def test_float16_autocast_training_step_has_finite_gradients(size, merge):
+    dca, skips = overflowing_float16_case(size, merge=merge)
+    grow_branches(dca).train()
     with torch.autocast("cpu", dtype=torch.float16):
         loss = sum(o.float().square().mean() for o in dca(skips))
     loss.backward()
@@ -363,10 +423,11 @@ def test_training_with_one_value_per_channel_is_refused_by_name():
         dca([torch.randn(1, 4, 2, 2), torch.randn(1, 8, 1, 1)])
 
 
-def test_torch_compile_without_graph_breaks():
+@pytest.mark.parametrize("merge", ["paper", "residual"])
+def test_torch_compile_without_graph_breaks(merge):
     torch.manual_seed(0)
     features = [4, 8, 16]
-    dca = DCA(features)
+    dca = grow_branches(DCA(features, merge=merge))
     skips = skips_for(features, ladder((20, 16), 3))
     compiled = torch.compile(dca, fullgraph=True)  # fullgraph: a graph break is an error
     outs = compiled(skips)
@@ -404,6 +465,7 @@ def test_gradcheck_float64(fused):
     (dict(features=[8, 16], token_grid=(4, 4, 4)), "token_grid must be None, a positive int or 2 positive ints"),
     (dict(features=[8, 16], max_tokens=0), "max_tokens must be a positive int or None"),
     (dict(features=[8, 16], n_blocks=0), "n_blocks must be a positive int, got 0"),
+    (dict(features=[8, 16], merge="sum"), "merge must be one of ['paper', 'residual'], got 'sum'"),
 ])
 def test_bad_settings_are_named(kwargs, message):
     with pytest.raises(ValueError) as error:

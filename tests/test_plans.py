@@ -8,7 +8,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_dca.config import DEFAULTS, parse_dca_block
+from nnunet_dca.config import DEFAULTS, parse_dca_block, resolved_dca_block, saved_dca_block
 from nnunet_dca.network import DCAUNetFromPlans
 from nnunet_dca.plans import DCA_NETWORK_CLASS_NAME, add_dca_configuration, find_plans_file
 from nnunet_dca.trainers.nnUNetTrainerDCA import nnUNetTrainerDCA
@@ -30,12 +30,19 @@ def build(plans: dict, configuration: str, trainer=nnUNetTrainer, deep_supervisi
 
 # the dca block
 
-def test_an_absent_block_gives_the_papers_defaults():
+def test_an_absent_block_gives_the_papers_defaults_and_the_residual_merge():
     stages, kwargs = parse_dca_block(None)
     assert stages == 4
     assert kwargs == {key: value for key, value in DEFAULTS.items() if key != "stages"}
     assert kwargs["max_tokens"] == 1024 and kwargs["spatial_heads"] == 4 and kwargs["channel_heads"] == 1
+    assert kwargs["merge"] == "residual"
     assert parse_dca_block({}) == (stages, kwargs)
+
+
+def test_a_saved_block_without_the_merge_key_means_the_papers_merge():
+    saved = {key: value for key, value in resolved_dca_block(None).items() if key != "merge"}
+    assert saved_dca_block(saved) == {**resolved_dca_block(None), "merge": "paper"}
+    assert saved_dca_block({**saved, "merge": "residual"})["merge"] == "residual"
 
 
 def test_a_block_overrides_defaults_and_json_lists_become_tuples():
@@ -60,6 +67,7 @@ def test_an_unknown_key_is_named_with_the_valid_ones():
     ({"spatial_heads": [4, -1]}, "'spatial_heads' must be a positive integer or a list"),
     ({"channel_attention": "yes"}, "'channel_attention' must be true or false"),
     ({"channel_attention": False, "spatial_attention": False}, "keep at least one on"),
+    ({"merge": "sum"}, "'merge' must be one of \\['paper', 'residual'\\], got 'sum'"),
     ([4], "must be a JSON object"),
 ])
 def test_bad_values_say_what_to_change(block, message):
