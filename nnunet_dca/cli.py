@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
 from nnunet_dca.compare import TRAIN_MODES
-from nnunet_dca.config import DEFAULTS
+from nnunet_dca.config import DEFAULTS, MERGES
 from nnunet_dca.demo import DEFAULT_ITERATIONS, DemoError, run_demo
 from nnunet_dca.trainers import ext_trainer_value, same_folder, trainer_dir
 
@@ -292,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
                      default=argparse.SUPPRESS, help="ablation: spatial cross-attention only")
     dca.add_argument("--no-spatial-attention", dest="spatial_attention", action="store_false",
                      default=argparse.SUPPRESS, help="ablation: channel cross-attention only")
+    dca.add_argument("--merge", choices=MERGES, default=argparse.SUPPRESS,
+                     help=f"how the refined skip joins the skip: residual (added, starting at zero) or paper (BatchNorm "
+                          f"and ReLU of the sum) (default {DEFAULTS['merge']})")
     add_config.set_defaults(func=cmd_add_config)
 
     warm = commands.add_parser(

@@ -15,7 +15,7 @@ import torch
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 from torch import nn
 
-from nnunet_dca.config import parse_dca_block
+from nnunet_dca.config import parse_dca_block, saved_dca_block
 from nnunet_dca.dca import DCA
 
 SUPPORTED_NETWORKS = ("nnU-Net's PlainConvUNet and ResidualEncoderUNet (dynamic_network_architectures, "
@@ -67,8 +67,9 @@ class DCAUNetFromPlans(DCAUNet):
     """The DCA U-Net of a plans configuration, built by nnU-Net's get_network_from_plans.
 
     The configuration's `architecture` block names this class as `network_class_name`; its `arch_kwargs` hold
-    `base_network_class_name` (the stock U-Net's class path), the stock U-Net's own kwargs and an optional
-    `dca` block (see nnunet_dca.config). Shapes in and out as `DCAUNet`.
+    `base_network_class_name` (the stock U-Net's class path), the stock U-Net's own kwargs and the `dca` block
+    `nnunet-dca add-config` wrote, every key filled in (nnunet_dca.config; a block written before the `merge` key
+    existed means the paper's merge, as those models were trained). Shapes in and out as `DCAUNet`.
     """
 
     def __init__(self, input_channels: int, num_classes: int, base_network_class_name: str,
@@ -78,7 +79,8 @@ class DCAUNetFromPlans(DCAUNet):
             raise ValueError(f"base_network_class_name {base_network_class_name!r} in the plans' arch_kwargs is not "
                              f"an importable class; use the stock one, e.g. "
                              f"'dynamic_network_architectures.architectures.unet.PlainConvUNet'")
-        super().__init__(base_class(input_channels=input_channels, num_classes=num_classes, **base_kwargs), dca)
+        super().__init__(base_class(input_channels=input_channels, num_classes=num_classes, **base_kwargs),
+                         saved_dca_block(dca))
 
     def initialize(self, module: nn.Module) -> None:
         """get_network_from_plans calls network.apply(network.initialize) on every submodule.

@@ -66,6 +66,14 @@ RESENC_2D = {  # nnUNetPlannerResEncM's layout: n_blocks_per_stage instead of n_
     "_kw_requires_import": _KW_REQUIRES_IMPORT,
 }
 
+RESENC_3D = {  # the 3D residual encoder, with the 3D configuration's layout
+    "network_class_name": RESENC_2D["network_class_name"],
+    "arch_kwargs": {**PLAIN_3D["arch_kwargs"], "n_blocks_per_stage": [1, 2, 2, 2],
+                    "n_conv_per_stage_decoder": [1, 1, 1]},
+    "_kw_requires_import": _KW_REQUIRES_IMPORT,
+}
+del RESENC_3D["arch_kwargs"]["n_conv_per_stage"]
+
 PRIMUS_3D = {  # a network nnU-Net builds from plans that is not a U-Net: a ViT encoder, a patch decoder, no skips
     "network_class_name": "dynamic_network_architectures.architectures.primus.Primus",
     "arch_kwargs": {"embed_dim": 396, "patch_embed_size": [8, 8, 8], "eva_depth": 1, "eva_numheads": 6,

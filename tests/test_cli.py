@@ -24,7 +24,8 @@ from nnunet_dca.cli import main
 from nnunet_dca.demo import nnunet_command
 from nnunet_dca.trainers import trainer_dir
 from nnunet_dca.trainers.nnUNetTrainerDCA import nnUNetTrainerDCA
-from plans_examples import DATASET_JSON, NUM_CLASSES, PRIMUS_3D, make_plans, single_thread  # noqa: F401 (autouse)
+from plans_examples import (DATASET_JSON, NUM_CLASSES, PATCH_SIZES, PRIMUS_3D, make_plans,
+                            single_thread)  # noqa: F401 (autouse)
 
 NNUNET_PATHS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
@@ -189,9 +190,15 @@ def test_add_config_writes_the_dca_block_and_prints_the_train_command(plans_file
     assert configuration["inherits_from"] == "2d"
     dca = configuration["architecture"]["arch_kwargs"]["dca"]
     assert (dca["spatial_heads"], dca["max_tokens"], dca["token_grid"], dca["channel_attention"]) == (2, None, [8, 6], False)
-    assert dca["n_blocks"] == 1  # options left out keep the defaults
+    assert dca["n_blocks"] == 1 and dca["merge"] == "residual"  # options left out keep the defaults
     out = capsys.readouterr().out
     assert str(plans_file) in out and "nnUNetv2_train 999 2d_dca 0\n" in out
+
+
+def test_add_config_writes_the_papers_merge_when_asked(plans_file):
+    assert main(["add-config", "999", "--merge", "paper"]) == 0
+    assert json.loads(plans_file.read_text())["configurations"]["2d_dca"]["architecture"]["arch_kwargs"]["dca"][
+        "merge"] == "paper"
 
 
 def test_add_config_names_the_plans_identifier_in_the_train_command(plans_file, capsys):
@@ -308,6 +315,16 @@ def test_warm_start_writes_the_stock_weights_and_fresh_dca_weights_that_nnunet_l
     loaded = network.state_dict()
     # all but the segmentation layers, which nnU-Net's loader leaves at their fresh init
     assert all(torch.equal(loaded[key], value) for key, value in stock.items() if ".seg_layers." not in key)
+
+    # the whole file is the stock model: DCA's fresh branch adds nothing yet, in training and in evaluation
+    network.load_state_dict(written)
+    stock_network = build_network(nnUNetTrainer, "2d")
+    stock_network.load_state_dict(stock)
+    x = torch.randn(2, 1, *PATCH_SIZES["2d"])
+    for train in (True, False):
+        with torch.no_grad():
+            outputs, expected = network.train(train)(x), stock_network.train(train)(x)
+        assert all(torch.equal(o, e) for o, e in zip(outputs, expected))
 
 
 def checkpoint_of(trainer: type, configuration: str = "2d", input_channels: int = 1):

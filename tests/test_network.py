@@ -9,8 +9,10 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
+from nnunet_dca.config import resolved_dca_block
 from nnunet_dca.network import DCAUNet, DCAUNetFromPlans
-from plans_examples import NUM_CLASSES, PATCH_SIZES, make_plans, single_thread  # noqa: F401 (autouse)
+from plans_examples import (NUM_CLASSES, PATCH_SIZES, PLAIN_2D, PLAIN_3D, RESENC_2D, RESENC_3D, make_plans,
+                            single_thread)  # noqa: F401 (autouse)
 
 CONFIGURATIONS = ["2d", "3d_fullres", "2d_resenc"]
 
@@ -159,6 +161,67 @@ def test_plans_route_initializes_the_base_as_stock_and_leaves_dca_alone(configur
         assert torch.equal(initialized[key], value), key
     for key, value in dca_before.items():
         assert torch.equal(dca_after[key], value), key
+
+
+# the default DCA U-Net starts as the stock U-Net
+
+# configuration: (architecture, patch size)
+ARCHITECTURES = {"2d": (PLAIN_2D, PATCH_SIZES["2d"]), "3d_fullres": (PLAIN_3D, PATCH_SIZES["3d_fullres"]),
+                 "2d_resenc": (RESENC_2D, PATCH_SIZES["2d"]), "3d_resenc": (RESENC_3D, PATCH_SIZES["3d_fullres"])}
+
+
+def stock_network(arch: dict) -> nn.Module:
+    return get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1,
+                                  NUM_CLASSES, deep_supervision=True)
+
+
+def dca_network(arch: dict, route: str, dca: dict) -> nn.Module:
+    if route == "wrapper":  # what the trainers build
+        return DCAUNet(stock_network(arch), dca)
+    arch_kwargs = {"base_network_class_name": arch["network_class_name"], **arch["arch_kwargs"], "dca": dca}
+    return get_network_from_plans("nnunet_dca.network.DCAUNetFromPlans", arch_kwargs, arch["_kw_requires_import"],
+                                  1, NUM_CLASSES, deep_supervision=True)
+
+
+def outputs_of_stock_with_the_same_weights(network: nn.Module, arch: dict, x: torch.Tensor, train: bool) -> list:
+    """The outputs of a separately built stock U-Net given the DCA U-Net's encoder and decoder weights."""
+    stock = stock_network(arch)
+    stock.load_state_dict({key: value for key, value in network.state_dict().items() if not key.startswith("dca.")})
+    with torch.no_grad():
+        return stock.train(train)(x)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("route", ["wrapper", "plans"])
+@pytest.mark.parametrize("configuration", list(ARCHITECTURES))
+def test_the_default_dca_unet_starts_as_the_stock_unet_with_the_same_weights(configuration, route, train):
+    torch.manual_seed(0)
+    arch, patch_size = ARCHITECTURES[configuration]
+    network = dca_network(arch, route, resolved_dca_block(None)).train(train)  # add-config writes the block resolved
+    x = torch.randn(2, 1, *patch_size)
+    with torch.no_grad():
+        outputs = network(x)
+    expected = outputs_of_stock_with_the_same_weights(network, arch, x, train)
+    assert len(outputs) == len(expected)
+    assert all(torch.equal(o, e) for o, e in zip(outputs, expected))
+
+
+@pytest.mark.parametrize("route", ["wrapper", "plans"])
+def test_the_papers_merge_does_not_start_as_the_stock_unet(route):
+    torch.manual_seed(0)
+    network = dca_network(PLAIN_2D, route, resolved_dca_block({"merge": "paper"})).eval()
+    x = torch.randn(2, 1, *PATCH_SIZES["2d"])
+    with torch.no_grad():
+        output = network(x)[0]
+    expected = outputs_of_stock_with_the_same_weights(network, PLAIN_2D, x, train=False)[0]
+    assert (output - expected).abs().max() > 0.01 * (expected.max() - expected.min())
+
+
+@pytest.mark.parametrize("block", [None, {key: value for key, value in resolved_dca_block(None).items()
+                                          if key != "merge"}])
+def test_a_plans_route_block_written_before_the_merge_key_builds_the_papers_merge(block):
+    network = build_from_plans("2d", block)
+    assert network.dca.merge == "paper" and network.dca.output_norms is not None
 
 
 def test_plans_route_names_an_unknown_base_class():

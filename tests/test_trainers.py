@@ -19,7 +19,7 @@ from nnunet_dca.trainers import nnUNetTrainerDCA as trainers_module
 from nnunet_dca.trainers import trainer_dir
 from nnunet_dca.trainers.nnUNetTrainerDCA import (RESOLVED_KEY, nnUNetTrainerDCA, nnUNetTrainerDCA_5epochs,
                                                   nnUNetTrainerDCA_CCAOnly, nnUNetTrainerDCA_FullGrid,
-                                                  nnUNetTrainerDCA_SCAOnly)
+                                                  nnUNetTrainerDCA_Paper, nnUNetTrainerDCA_SCAOnly)
 from plans_examples import DATASET_JSON, NotAUNet, NUM_CLASSES, PATCH_SIZES, make_plans, single_thread  # noqa: F401 (autouse)
 
 
@@ -40,6 +40,25 @@ def test_builds_a_dca_unet_with_the_stock_trainers_outputs(configuration, deep_s
     assert isinstance(network, DCAUNet)
     x = torch.rand(2, 1, *PATCH_SIZES[configuration])
     assert shapes(network(x)) == shapes(build(nnUNetTrainer, configuration, deep_supervision=deep_supervision)(x))
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres", "2d_resenc"])
+def test_the_dca_network_starts_as_the_stock_trainers_from_the_same_seed(configuration, train):
+    # the stock U-Net is built and initialized first, DCA after it: one seed gives both the same U-Net weights
+    torch.manual_seed(0)
+    stock = build(nnUNetTrainer, configuration).train(train)
+    torch.manual_seed(0)
+    network = build(nnUNetTrainerDCA, configuration).train(train)
+    x = torch.randn(2, 1, *PATCH_SIZES[configuration])
+    with torch.no_grad():
+        assert all(torch.equal(o, e) for o, e in zip(network(x), stock(x)))
+
+
+def test_the_paper_variant_builds_the_papers_block():
+    network = build(nnUNetTrainerDCA_Paper)
+    assert network.dca.merge == "paper" and len(network.dca.output_norms) == len(network.dca.features)
+    assert build(nnUNetTrainerDCA).dca.merge == "residual"
 
 
 def test_the_plans_dca_block_reaches_the_network():
@@ -245,3 +264,15 @@ def test_a_model_folder_without_saved_settings_is_not_compared(nnunet_folders):
     plans = make_plans()
     plans["configurations"]["2d"]["dca"] = {"n_blocks": 2}
     assert new_trainer(plans=plans, fold=1).plans_manager.plans["configurations"]["2d"][RESOLVED_KEY]["n_blocks"] == 2
+
+
+def test_a_model_folder_saved_before_the_merge_key_builds_and_continues_as_the_paper(nnunet_folders):
+    legacy = new_trainer()
+    del legacy.plans_manager.plans["configurations"]["2d"][RESOLVED_KEY]["merge"]  # as nnunet-dca wrote it before
+    model_folder_plans = PlansManager(json.loads(json.dumps(legacy.plans_manager.plans)))
+    network = nnUNetTrainerDCA.build_network_architecture(
+        model_folder_plans, model_folder_plans.get_configuration("2d"), 1, NUM_CLASSES, False)
+    assert network.dca.merge == "paper"
+    save_model_folder_plans(legacy)
+    with pytest.raises(RuntimeError, match='merge: "paper" there, "residual" now'):
+        new_trainer(fold=1)

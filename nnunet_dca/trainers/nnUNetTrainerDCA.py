@@ -20,7 +20,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_dca.config import resolved_dca_block
+from nnunet_dca.config import resolved_dca_block, saved_dca_block
 from nnunet_dca.network import DCAUNet
 
 RESOLVED_KEY = "dca_resolved"  # where a model folder's plans.json keeps the settings its folds were trained with
@@ -60,7 +60,7 @@ class nnUNetTrainerDCA(nnUNetTrainer):
         """The DCA settings a plans configuration builds with: a model folder's resolved block as it is, else the
         configuration's `dca` block with this trainer's `dca_overrides` over it, every default filled in."""
         if RESOLVED_KEY in configuration:
-            return resolved_dca_block(configuration[RESOLVED_KEY])
+            return saved_dca_block(configuration[RESOLVED_KEY])
         return cls._resolve(configuration)
 
     @classmethod
@@ -84,7 +84,7 @@ class nnUNetTrainerDCA(nnUNetTrainer):
         # a model folder of an nnunet-dca that saved no settings keeps no record to compare with
         if saved is None:
             return
-        saved = resolved_dca_block(saved)
+        saved = saved_dca_block(saved)
         differences = [f"{key}: {json.dumps(saved[key])} there, {json.dumps(dca[key])} now"
                        for key in saved if saved[key] != dca[key]]
         if differences:
@@ -94,6 +94,13 @@ class nnUNetTrainerDCA(nnUNetTrainer):
                 f"{self.fold} would train another network. Restore those settings in the plans' dca block, or train "
                 f"the new settings under a new trainer name (a subclass) or plans identifier (-p), or move that "
                 f"model folder away to retrain every fold")
+
+
+class nnUNetTrainerDCA_Paper(nnUNetTrainerDCA):
+    """The paper's block exactly: the refined skip is ReLU(BatchNorm(skip + branch)), the branch's 1x1 conv with
+    PyTorch's default init, so DCA changes every skip from the first step (nnUNetTrainerDCA starts the branch at
+    zero and adds it to the skip)."""
+    dca_overrides = {"merge": "paper"}
 
 
 class nnUNetTrainerDCA_CCAOnly(nnUNetTrainerDCA):
