@@ -17,6 +17,7 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from ct_plans import CONFIGS, DATASET_JSON, plans_with
+from nnunet_dca.trainers import nnUNetTrainerDCA as dca_trainers
 from nnunet_dca.trainers.nnUNetTrainerDCA import nnUNetTrainerDCA
 
 # a few slices or a few 3D tiles of the CT-like configurations: enough for the sliding window to overlap tiles
@@ -65,13 +66,19 @@ def ct_cases(names: list[str]) -> list[Case]:
     return [Case(name, plans_with(name), name, CONFIGS[name][1], DATASET_JSON, CT_VOLUMES[name]) for name in names]
 
 
-def plans_cases(plans_file: str, configurations: list[str]) -> list[Case]:
-    """Cases of a plans file nnU-Net wrote; its dataset.json is read from the same folder."""
+def plans_cases(plans_file: str, configurations: list[str], dca_trainer: str = "nnUNetTrainerDCA") -> list[Case]:
+    """Cases of a plans file nnU-Net wrote, stock against `dca_trainer` (one of nnunet-dca's trainers, by name);
+    its dataset.json is read from the same folder."""
+    trainer = getattr(dca_trainers, dca_trainer, None)
+    if not (isinstance(trainer, type) and issubclass(trainer, nnUNetTrainerDCA)):
+        names = sorted(name for name, value in vars(dca_trainers).items()
+                       if isinstance(value, type) and issubclass(value, nnUNetTrainerDCA))
+        raise SystemExit(f"--dca-trainer {dca_trainer!r} is not one of nnunet-dca's trainers: {names}")
     with open(plans_file) as f:
         plans = json.load(f)
     with open(os.path.join(os.path.dirname(plans_file), "dataset.json")) as f:
         dataset_json = json.load(f)
-    return [Case(f"{plans['dataset_name']} {c}", plans, c, nnUNetTrainerDCA, dataset_json, _median_volume(plans, c))
+    return [Case(f"{plans['dataset_name']} {c}", plans, c, trainer, dataset_json, _median_volume(plans, c))
             for c in configurations]
 
 

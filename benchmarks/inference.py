@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--plans", help="a plans file nnU-Net wrote, with its dataset.json beside it")
     parser.add_argument("-c", dest="plans_configurations", nargs="+", default=["2d"],
                         help="configurations of --plans (default: 2d)")
+    parser.add_argument("--dca-trainer", default="nnUNetTrainerDCA",
+                        help="the DCA trainer of the --plans rows, e.g. nnUNetTrainerDCA_Paper")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--mirroring", action="store_true", help="test-time mirroring, as nnUNetv2_predict does")
@@ -63,7 +65,9 @@ def main() -> None:
     os.environ["nnUNet_extTrainer"] = os.pathsep.join(filter(None, [trainer_dir(),
                                                                     os.environ.get("nnUNet_extTrainer")]))
     configs = args.configs if args.configs is not None else ([] if args.plans else ["2d_512", "3d_128"])
-    cases = ct_cases(configs) + (plans_cases(args.plans, args.plans_configurations) if args.plans else [])
+    cases = ct_cases(configs)
+    if args.plans:
+        cases += plans_cases(args.plans, args.plans_configurations, args.dca_trainer)
 
     rows = []
     with tempfile.TemporaryDirectory() as workdir:

@@ -61,6 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plans", required=True, help="a plans file nnU-Net wrote, with its dataset.json beside it")
     parser.add_argument("-c", dest="configurations", nargs="+", default=["2d"])
+    parser.add_argument("--dca-trainer", default="nnUNetTrainerDCA",
+                        help="the DCA trainer of the --plans rows, e.g. nnUNetTrainerDCA_Paper")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--workers", default="2", help="nnUNet_n_proc_DA (default 2)")
@@ -72,21 +74,19 @@ def main() -> None:
         os.environ[variable] = os.path.join(workdir, variable)
     os.environ["nnUNet_n_proc_DA"] = args.workers
     import torch
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from cases import plans_cases
     from measure import alternated_times, environment, print_table, ratio_cells
-    from nnunet_dca.trainers.nnUNetTrainerDCA import nnUNetTrainerDCA
 
     rows = []
     try:
-        for case in plans_cases(args.plans, args.configurations):
+        for case in plans_cases(args.plans, args.configurations, args.dca_trainer):
             write_preprocessed_dataset(os.environ["nnUNet_preprocessed"], case, n_cases=10)
             trainers = {}
-            for network, trainer_class in (("stock", nnUNetTrainer), ("dca", nnUNetTrainerDCA)):
+            for network in ("stock", "dca"):
                 with contextlib.redirect_stdout(io.StringIO()):  # the trainer narrates its set-up
-                    trainer = trainer_class({**case.plans, "continue_training": False}, case.configuration, 0,
-                                            case.dataset_json, torch.device(args.device))
+                    trainer = case.trainer(network)({**case.plans, "continue_training": False}, case.configuration,
+                                                    0, case.dataset_json, torch.device(args.device))
                     trainer.on_train_start()
                     trainer.on_train_epoch_start()
                 trainers[network] = trainer

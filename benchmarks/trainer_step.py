@@ -53,13 +53,17 @@ def main() -> None:
     parser.add_argument("--plans", help="a plans file nnU-Net wrote, with its dataset.json beside it")
     parser.add_argument("-c", dest="plans_configurations", nargs="+", default=["2d"],
                         help="configurations of --plans (default: 2d)")
+    parser.add_argument("--dca-trainer", default="nnUNetTrainerDCA",
+                        help="the DCA trainer of the --plans rows, e.g. nnUNetTrainerDCA_Paper")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--amp", action="store_true", help="autocast: float16 on CUDA, bfloat16 on CPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile both networks, as nnU-Net on GPU")
     args = parser.parse_args()
     configs = args.configs if args.configs is not None else ([] if args.plans else list(CONFIGS))
-    cases = ct_cases(configs) + (plans_cases(args.plans, args.plans_configurations) if args.plans else [])
+    cases = ct_cases(configs)
+    if args.plans:
+        cases += plans_cases(args.plans, args.plans_configurations, args.dca_trainer)
 
     flags = [f for f, on in (("--amp", args.amp), ("--compile", args.compile)) if on]
     rows = []

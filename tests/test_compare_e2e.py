@@ -20,9 +20,9 @@ import torch
 from scipy import stats
 
 from conftest import run
-from isbi import ISBI, write_isbi_dataset
 from nnunet_dca.compare.statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 from nnunet_dca.demo import DEMO_SETTINGS, PLANNING_SETTINGS, DemoLayout, write_short_trainer
+from real_data import ISBI, write_isbi_dataset
 from slurm_cluster import slurm_cluster, wait_for_job  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
