@@ -24,9 +24,14 @@ import math
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from measure import environment, print_table
 from nnunet_training import new_trainer, set_up_folders
+
+if TYPE_CHECKING:
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 STAGE_LISTS = ("patch_embeddings", "output_convs", "output_norms")  # per-stage lists directly under DCA
 
@@ -40,7 +45,7 @@ def dca_stage(parameter_name: str) -> int | None:
     return int(parts[2] if parts[1] in STAGE_LISTS else parts[4])  # blocks.<block>.<list>.<stage>
 
 
-def attention_statistics(weights) -> tuple[float, float, float]:
+def attention_statistics(weights: torch.Tensor) -> tuple[float, float, float]:
     """(mean largest probability of a row, the uniform row's, mean entropy of a row over the uniform row's) of
     attention weights (..., rows, length)."""
     import torch
@@ -50,17 +55,21 @@ def attention_statistics(weights) -> tuple[float, float, float]:
     return weights.amax(-1).mean().item(), 1 / length, (entropy / math.log(length)).mean().item()
 
 
-def update_over_weight(pairs: list) -> float:
+def update_over_weight(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """||after - before|| / ||before|| over (parameter after the step, its copy before) pairs."""
     change = sum((after.detach() - before).square().sum().item() for after, before in pairs)
     return math.sqrt(change / sum(before.square().sum().item() for _, before in pairs))
 
 
-def rms(tensor) -> float:
+def number(value: float | str, spec: str) -> str:
+    return value if isinstance(value, str) else format(value, spec)
+
+
+def rms(tensor: torch.Tensor) -> float:
     return tensor.float().square().mean().sqrt().item()
 
 
-def probe(network, data) -> tuple[list[dict], dict]:
+def probe(network: torch.nn.Module, data: torch.Tensor) -> tuple[list[dict], dict]:
     """Per-stage statistics, and the logits' distance from the stock U-Net's, of `network` on `data`."""
     import torch
 
@@ -88,7 +97,7 @@ def probe(network, data) -> tuple[list[dict], dict]:
     return stages, distance
 
 
-def diagnose(trainer, marks: list[int], iterations: int) -> tuple[list[str], list[str]]:
+def diagnose(trainer: nnUNetTrainer, marks: list[int], iterations: int) -> tuple[list[str], list[str]]:
     trainer.disable_checkpointing = True
     trainer.on_train_start()
     trainer.on_train_epoch_start()
@@ -103,8 +112,8 @@ def diagnose(trainer, marks: list[int], iterations: int) -> tuple[list[str], lis
         measure = iteration in marks
         if measure:
             stages, distance = probe(network, data)
-        if iteration == iterations:
-            ratios, loss = {group: float("nan") for group in groups}, float("nan")
+        if iteration == iterations:  # no step is taken at the last mark
+            ratios, loss = {group: "-" for group in groups}, "-"
         else:
             before = [p.detach().clone() for _, p in parameters]
             loss = float(trainer.train_step(next(trainer.dataloader_train))["loss"])
@@ -116,10 +125,10 @@ def diagnose(trainer, marks: list[int], iterations: int) -> tuple[list[str], lis
                          f"({row['skip_nonpositive']:.2f})"]
                 for kind in ("channel_attention", "spatial_attention"):
                     cells.append("{:.3f} [{:.3f}] / {:.2f}".format(*row[kind]) if kind in row else "off")
-                cells.append(f"{ratios[stage]:.2e}")
+                cells.append(number(ratios[stage], ".2e"))
                 stage_rows.append(f"| {name} | {iteration} | {stage} | " + " | ".join(cells) + " |")
             network_rows.append(f"| {name} | {iteration} | {distance['train']:.4f} | {distance['eval']:.4f} | "
-                                f"{ratios[-1]:.2e} | {loss:.4f} |")
+                                f"{number(ratios[-1], '.2e')} | {number(loss, '.4f')} |")
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         trainer.on_train_end()
     return stage_rows, network_rows
@@ -137,10 +146,14 @@ def main() -> None:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--out", type=Path, default=Path("training_dynamics"),
+    parser.add_argument("--out", type=Path, default=Path("dca_diagnostics"),
                         help="where real data is prepared and trainings write (removed after each)")
     args = parser.parse_args()
+    if max(args.marks) > args.iterations:
+        parser.error(f"marks {[m for m in args.marks if m > args.iterations]} lie after --iterations {args.iterations}")
 
+    # the recorder's hooks and the parameter names per stage need the eager network (nnU-Net compiles on CUDA)
+    os.environ["nnUNet_compile"] = "f"
     args.out.mkdir(parents=True, exist_ok=True)
     dataset = set_up_folders(args.dataset, args.configuration, args.out.resolve(), workers=0)
     stage_rows, network_rows = [], []

@@ -88,8 +88,11 @@ def resolved_dca_block(block: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def saved_dca_block(block: Mapping[str, Any] | None) -> dict[str, Any]:
     """A block saved with a model (`dca_resolved`, or `arch_kwargs.dca` of a plans-only configuration), resolved
-    as `resolved_dca_block` does, with the paper's merge where the block predates the `merge` key."""
-    return resolved_dca_block({**SAVED_BEFORE_MERGE, **(block or {})})
+    as `resolved_dca_block` does, with the paper's merge where the block predates the `merge` key: every other key
+    there, as nnunet-dca wrote them. A hand-written block that leaves keys out takes the defaults."""
+    predates_merge = (isinstance(block, Mapping) and "merge" not in block
+                      and set(DEFAULTS) - set(SAVED_BEFORE_MERGE) <= set(block))
+    return resolved_dca_block({**SAVED_BEFORE_MERGE, **block} if predates_merge else block)
 
 
 def _is_positive_int(value: object) -> bool:

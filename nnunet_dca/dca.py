@@ -280,6 +280,19 @@ class DCA(nn.Module):
                 nn.init.zeros_(conv.weight)
                 nn.init.zeros_(conv.bias)
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # weights of the other merge fail inside torch with a list of keys; name the two merges and the fix instead
+        holds_dca = any(key.startswith(prefix) for key in state_dict)
+        saved_merge = "paper" if any(key.startswith(prefix + "output_norms.") for key in state_dict) else "residual"
+        if holds_dca and saved_merge != self.merge:
+            raise RuntimeError(
+                f"these DCA weights were trained with merge {saved_merge!r} and the network was built with "
+                f"{self.merge!r}. Build it with merge {saved_merge!r}: the dca block's \"merge\" key (in a model "
+                f"folder's plans.json, a configuration without \"dca_resolved\" was trained before nnunet-dca saved "
+                f"its settings, with the paper's merge: add \"dca\": {{\"merge\": \"paper\"}} there), or "
+                f"nnUNetTrainerDCA_Paper")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, skips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         self._check_inputs(skips)
         grid = self.grid_for(skips)

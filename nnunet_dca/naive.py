@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_dca.config import MERGES
 from nnunet_dca.dca import BATCH_NORM, CONV
 
 INTERPOLATION = {2: "bilinear", 3: "trilinear"}
@@ -50,6 +51,8 @@ class NaiveDCA(nn.Module):
                  channel_heads: int = 1, spatial_heads: int = 4, channel_attention: bool = True,
                  spatial_attention: bool = True, spatial_dims: int = 2, merge: str = "paper") -> None:
         super().__init__()
+        if merge not in MERGES:
+            raise ValueError(f"merge must be one of {list(MERGES)}, got {merge!r}")
         self.merge = merge
         self.attention_weights: dict[str, list[list[torch.Tensor]]] = {}
         total = sum(features)

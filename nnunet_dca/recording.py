@@ -12,17 +12,18 @@ weights, they are computed again from the same queries and keys by the explicit 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from nnunet_dca.dca import DCA, upsample_linear
 
 
 @dataclass
 class StageRecord:
-    """One stage's record of the last forward pass, detached. Shapes: skip, branch, refined (B, C_i, *spatial_i);
+    """One stage's record of the last forward pass of Dual Cross-Attention (Ates, Mohan, Celik 2023), detached. Shapes: skip, branch, refined (B, C_i, *spatial_i);
     channel_attention per block (B, h, C_i/h, C_sum/h); spatial_attention per block (B, h, N, N)."""
 
     skip: torch.Tensor | None = None
@@ -33,7 +34,9 @@ class StageRecord:
 
 
 class DCARecorder:
-    """Records every forward pass of a `DCA` module while the context is open; `stages` holds the last one.
+    """Records every forward pass of a `DCA` module (Ates, Mohan, Celik 2023) while the context is open; `stages`
+    holds the last one, a `StageRecord` per skip. The module's inputs and outputs (a list of skips
+    (B, C_i, *spatial_i) in, the same shapes out) are left as they are.
 
     Each stage's attention matrices (float32) are kept for every block; at N tokens the spatial ones take
     B x heads x N^2 x 4 bytes per stage and block.
@@ -45,9 +48,11 @@ class DCARecorder:
         self.dca = dca
         self.stages: list[StageRecord] = []
         self._conv_outputs: dict[int, torch.Tensor] = {}
-        self._handles: list[Any] = []
+        self._handles: list[RemovableHandle] = []
 
     def __enter__(self) -> DCARecorder:
+        if self._handles:
+            raise RuntimeError("this DCARecorder is already recording; open it once at a time")
         self.stages = [StageRecord() for _ in self.dca.features]
         for block in self.dca.blocks:
             for kind, attentions in (("channel_attention", block.channel_attentions),
@@ -68,14 +73,14 @@ class DCARecorder:
     def _start(self, module: nn.Module, inputs: tuple) -> None:
         self.stages = [StageRecord() for _ in self.dca.features]
 
-    def _attention_hook(self, stage: int, kind: str) -> Callable:
+    def _attention_hook(self, stage: int, kind: str) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             tokens, context = inputs[:2]
             with torch.no_grad():
                 getattr(self.stages[stage], kind).append(module.attention_weights(tokens, context).detach())
         return hook
 
-    def _conv_hook(self, stage: int) -> Callable:
+    def _conv_hook(self, stage: int) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             self._conv_outputs[stage] = output.detach()
         return hook

@@ -473,6 +473,24 @@ def test_bad_settings_are_named(kwargs, message):
     assert message in str(error.value)
 
 
+def test_the_naive_formulation_names_a_bad_merge():
+    with pytest.raises(ValueError, match=r"merge must be one of \['paper', 'residual'\], got 'Paper'"):
+        NaiveDCA([8, 16], token_grid=4, merge="Paper")
+
+
+@pytest.mark.parametrize("saved, built", [("paper", "residual"), ("residual", "paper")])
+def test_weights_of_the_other_merge_are_refused_naming_both(saved, built):
+    weights = DCA([8, 16], merge=saved).state_dict()
+    with pytest.raises(RuntimeError, match=f"trained with merge '{saved}' and the network was built with '{built}'"):
+        DCA([8, 16], merge=built).load_state_dict(weights)
+    # inside a network, under the network's prefix, and where the file holds no DCA weights at all (a stock model)
+    network = torch.nn.Module()
+    network.dca = DCA([8, 16], merge=built)
+    with pytest.raises(RuntimeError, match=f"trained with merge '{saved}'"):
+        network.load_state_dict({f"dca.{key}": value for key, value in weights.items()})
+    network.load_state_dict({}, strict=False)
+
+
 @pytest.mark.parametrize("skips, message", [
     ([torch.randn(2, 8, 16, 16)], "DCA was built for 2 skips (features [8, 16]), got 1 inputs"),
     ([torch.randn(2, 8, 16, 16), torch.randn(2, 12, 8, 8)], "skip 1 has 12 channels, DCA was built with features[1]=16"),

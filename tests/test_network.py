@@ -217,11 +217,15 @@ def test_the_papers_merge_does_not_start_as_the_stock_unet(route):
     assert (output - expected).abs().max() > 0.01 * (expected.max() - expected.min())
 
 
-@pytest.mark.parametrize("block", [None, {key: value for key, value in resolved_dca_block(None).items()
-                                          if key != "merge"}])
-def test_a_plans_route_block_written_before_the_merge_key_builds_the_papers_merge(block):
-    network = build_from_plans("2d", block)
+def test_a_plans_route_block_written_before_the_merge_key_builds_the_papers_merge():
+    network = build_from_plans("2d", {key: value for key, value in resolved_dca_block(None).items() if key != "merge"})
     assert network.dca.merge == "paper" and network.dca.output_norms is not None
+
+
+@pytest.mark.parametrize("block", [None, {"stages": 3}])
+def test_a_plans_route_block_written_by_hand_takes_the_residual_default(block):
+    network = build_from_plans("2d", block)
+    assert network.dca.merge == "residual" and network.dca.output_norms is None
 
 
 def test_plans_route_names_an_unknown_base_class():

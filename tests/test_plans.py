@@ -45,6 +45,13 @@ def test_a_saved_block_without_the_merge_key_means_the_papers_merge():
     assert saved_dca_block({**saved, "merge": "residual"})["merge"] == "residual"
 
 
+def test_a_hand_written_block_without_the_merge_key_takes_the_defaults():
+    assert saved_dca_block({"stages": 3}) == resolved_dca_block({"stages": 3})
+    assert saved_dca_block(None)["merge"] == "residual"
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        saved_dca_block(["stages", 3])
+
+
 def test_a_block_overrides_defaults_and_json_lists_become_tuples():
     stages, kwargs = parse_dca_block({"stages": 3, "token_grid": [8, 6], "max_tokens": None, "spatial_heads": [2, 4, 4]})
     assert stages == 3

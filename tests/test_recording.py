@@ -31,6 +31,7 @@ def test_recorded_attention_equals_the_naive_formulations(dims, merge, fused):
     with DCARecorder(dca) as recorder:
         dca(skips)
     for kind in ("channel", "spatial"):
+        assert [len(getattr(stage, f"{kind}_attention")) for stage in recorder.stages] == [2] * len(FEATURES)
         for block, expected in enumerate(naive.attention_weights[kind]):
             recorded = [getattr(stage, f"{kind}_attention")[block] for stage in recorder.stages]
             assert_lists_close(recorded, expected)

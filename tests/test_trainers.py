@@ -1,5 +1,6 @@
 """nnUNetTrainerDCA and its variants, as nnU-Net builds, finds and instantiates them."""
 
+import copy
 import json
 import os
 import re
@@ -276,3 +277,7 @@ def test_a_model_folder_saved_before_the_merge_key_builds_and_continues_as_the_p
     save_model_folder_plans(legacy)
     with pytest.raises(RuntimeError, match='merge: "paper" there, "residual" now'):
         new_trainer(fold=1)
+    plans = copy.deepcopy(legacy.plans_manager.plans)
+    del plans["configurations"]["2d"][RESOLVED_KEY]
+    plans["configurations"]["2d"]["dca"] = {"merge": "paper"}
+    assert new_trainer(plans=plans, fold=1).plans_manager.plans["configurations"]["2d"][RESOLVED_KEY]["merge"] == "paper"
