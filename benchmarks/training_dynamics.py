@@ -7,8 +7,9 @@ gives the validation loss and the pseudo Dice (its mean over labels); the traini
 Run r of every trainer starts from seed + r: the U-Net's own weights are the same for every trainer (DCA's are drawn
 after them) and, with --workers 0 (augmentation in this process), so is every batch.
 
-    python benchmarks/training_dynamics.py -d msd-hippocampus -c 2d --batch-size 32 --iterations 300 --runs 5 \\
-        --trainers nnUNetTrainer nnUNetTrainerDCA nnUNetTrainerDCA_Paper --out dynamics_hippocampus
+    python benchmarks/training_dynamics.py -d msd-hippocampus -c 2d --batch-size 32 --iterations 600 --every 60 \\
+        --val-iterations 20 --runs 5 --trainers nnUNetTrainer nnUNetTrainerDCA nnUNetTrainerDCA_Paper \\
+        --out dynamics_hippocampus
 
 -d is a dataset in your nnUNet_preprocessed (id or name), or msd-hippocampus / isbi2012-em, the real data in
 ../shared/data, converted and preprocessed into OUT on first use. Prints, per mark and trainer, the median, worst and
@@ -34,6 +35,7 @@ from measure import environment, print_table
 from nnunet_training import new_trainer, set_up_folders
 
 CURVES = ("train_loss", "val_loss", "pseudo_dice")
+LABELS = {"train_loss": "training loss", "val_loss": "validation loss", "pseudo_dice": "pseudo Dice"}
 LOWER_IS_BETTER = {"train_loss": True, "val_loss": True, "pseudo_dice": False}
 # the targets of a new trainer against the baseline (the first trainer): no worse within these margins
 DICE_MEDIAN_MARGIN, DICE_WORST_MARGIN, VAL_LOSS_MARGIN = 0.01, 0.02, 0.01
@@ -102,10 +104,19 @@ def print_tables(results: dict[str, list[dict]], args: argparse.Namespace) -> No
                  f"{statistics.median(r['seconds_per_iteration'] for r in runs):.3f} |"
                  for name, runs in results.items() if runs])
     baseline, *others = results
+    others = [name for name in others if results[name] and results[baseline]]
+    if others:
+        print()
+        columns = [(name, curve) for name in others for curve in ("val_loss", "pseudo_dice")]
+        print_table(f"Paired by seed (the same U-Net weights at the start, the same batches with --workers 0): "
+                    f"trainer - {baseline}, median [smallest, largest] over the pairs",
+                    ["iteration", *(f"{name}: {LABELS[curve]}" for name, curve in columns)],
+                    [f"| {iteration} | " + " | ".join(paired(results[name], results[baseline], curve, mark)
+                                                      for name, curve in columns) + " |"
+                     for mark, iteration in enumerate(results[baseline][0]["iteration"])])
     for name in others:
-        if results[name] and results[baseline]:
-            print()
-            print("\n".join(target_lines(results[name], results[baseline], name, baseline)))
+        print()
+        print("\n".join(target_lines(results[name], results[baseline], name, baseline)))
 
 
 def target_lines(runs: list[dict], baseline_runs: list[dict], name: str, baseline: str) -> list[str]:
@@ -125,20 +136,15 @@ def target_lines(runs: list[dict], baseline_runs: list[dict], name: str, baselin
     missed = [f"{it}: {a:.3f} vs {b:.3f}" for it, a, b in over if a > b + VAL_LOSS_MARGIN]
     lines.append(f"- median validation loss at every mark <= baseline's + {VAL_LOSS_MARGIN}: "
                  + ("met" if not missed else f"NOT met at {'; '.join(missed)}"))
-    lines.append(f"- paired by seed (the same U-Net weights at the start, the same batches with --workers 0), "
-                 f"{name} - {baseline}, median (worst) over the pairs: " + "; ".join(
-                     f"{labels} at {runs[0]['iteration'][m]}: {paired(runs, baseline_runs, curve, m)}"
-                     for curve, labels in (("pseudo_dice", "pseudo Dice"), ("val_loss", "validation loss"))
-                     for m in last_two))
     return lines
 
 
 def paired(runs: list[dict], baseline_runs: list[dict], curve: str, mark: int) -> str:
-    """The median and the worst of the per-seed differences of one curve at one mark, as text."""
+    """The per-seed differences (run - the baseline's run of the same seed) of one curve at one mark: median
+    [smallest, largest], as text."""
     baseline = {run["seed"]: run[curve][mark] for run in baseline_runs}
     differences = [run[curve][mark] - baseline[run["seed"]] for run in runs if run["seed"] in baseline]
-    worst = max(differences) if LOWER_IS_BETTER[curve] else min(differences)
-    return f"{statistics.median(differences):+.3f} ({worst:+.3f})"
+    return f"{statistics.median(differences):+.3f} [{min(differences):+.3f}, {max(differences):+.3f}]"
 
 
 def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
@@ -147,7 +153,6 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = {"train_loss": "training loss", "val_loss": "validation loss", "pseudo_dice": "pseudo Dice"}
     # matplotlib's own look: nnU-Net's import switches seaborn's large fonts on
     with matplotlib.rc_context(matplotlib.rcParamsDefault):
         figure, axes = plt.subplots(1, len(CURVES), figsize=(15, 4.5), constrained_layout=True)
@@ -162,7 +167,7 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
                             linewidth=2.5, label=f"{name}: median of {len(runs)} runs (thin: each run)")
         for ax, curve in zip(axes, CURVES):
             ax.set_xlabel("iteration")
-            ax.set_title(labels[curve])
+            ax.set_title(LABELS[curve])
             ax.grid(alpha=0.3)
         figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=9)
         figure.suptitle(title)
