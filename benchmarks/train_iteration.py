@@ -50,6 +50,9 @@ def write_preprocessed_dataset(folder: str, case, n_cases: int) -> None:
         properties = {"class_locations": DefaultPreprocessor._sample_foreground_locations(
             seg, labels.foreground_labels), "spacing": case.configuration_manager.spacing}
         nnUNetDatasetNumpy.save_case(data, seg, properties, os.path.join(data_folder, f"case_{index:03d}"))
+    # nnU-Net 2.8.1's on_train_start starts the dataloader's workers before it unpacks the .npz files, so its workers
+    # can read an .npy while it is being written; unpacked here, every trainer finds them complete
+    nnUNetDatasetNumpy.unpack_dataset(data_folder, overwrite_existing=False, num_processes=1)
 
 
 def iteration(trainer) -> None:
