@@ -226,7 +226,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.gpus and args.device != "cuda":
         raise UsageError(f"--gpus picks CUDA GPUs, and this is -device {args.device}: leave --gpus out to train on "
                          f"{args.device}, or use -device cuda")
-    slurm = SlurmOptions(args.partition, args.gres, args.time, args.array_limit, args.sbatch_args)
+    if args.train == "slurm" and args.device == "cuda" and args.gres is None:
+        # without a --gres line, most clusters start the task with no GPU, and nnUNetv2_train fails in every task
+        raise UsageError("--train slurm with -device cuda needs a GPU per task: add --gres gpu:1 (or --gres none "
+                         "where the cluster hands out GPUs another way, e.g. by partition), or use -device cpu")
+    gres = None if args.gres is not None and args.gres.lower() == "none" else args.gres  # none: no --gres line
+    slurm = SlurmOptions(args.partition, gres, args.time, args.array_limit, args.sbatch_args)
     try:
         failed = compare(args.datasets, args.configurations, args.trainers, args.folds, args.plans, Path(args.out),
                          args.train, args.device, args.gpus, slurm, args.dry_run, args.command_line)
@@ -344,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "(CUDA_VISIBLE_DEVICES)")
     slurm = compare.add_argument_group("SLURM (--train slurm)")
     slurm.add_argument("--partition", help="sbatch --partition")
-    slurm.add_argument("--gres", help="sbatch --gres per task, e.g. gpu:1")
+    slurm.add_argument("--gres", help="sbatch --gres per task, e.g. gpu:1; needed with -device cuda, 'none' where "
+                                      "the cluster hands out GPUs without it")
     slurm.add_argument("--time", help="sbatch --time per task, e.g. 24:00:00")
     slurm.add_argument("--array-limit", dest="array_limit", type=_positive_int, default=None,
                        help="at most this many tasks at once (sbatch --array=...%%N)")

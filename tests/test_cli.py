@@ -455,6 +455,10 @@ def test_a_failed_demo_step_is_one_line_with_the_logs_last_line(tmp_path, monkey
      "--gpus picks CUDA GPUs, and this is -device cpu: leave --gpus out to train on cpu, or use -device cuda"),
     (["999", "--train", "local", "-device", "mps", "--gpus", "0", "1"], "this is -device mps"),
     (["999", "--train", "local"], "is not preprocessed for training"),
+    (["999", "--train", "slurm"], "--train slurm with -device cuda needs a GPU per task: add --gres gpu:1 (or --gres "
+                                  "none where the cluster hands out GPUs another way, e.g. by partition), or use "
+                                  "-device cpu"),
+    (["999", "--train", "slurm", "--partition", "gpu", "--dry-run"], "add --gres gpu:1"),
 ])
 def test_compare_refusals_are_one_line_and_write_nothing(plans_file, tmp_path, capsys, arguments, message):
     out = tmp_path / "comparison"
@@ -464,11 +468,17 @@ def test_compare_refusals_are_one_line_and_write_nothing(plans_file, tmp_path, c
     assert not any((plans_file.parents[2] / "nnUNet_results").iterdir())
 
 
-def test_compare_dry_run_prints_the_job_array_and_submits_nothing(plans_file, tmp_path, capsys):
+@pytest.fixture
+def preprocessed_2d(plans_file):
+    """plans_file with the 2d configuration preprocessed (one case) and its dataset.json, as training needs."""
     data = plans_file.parent / "nnUNetPlans_2d"
     data.mkdir()
     (data / "case_000.pkl").write_bytes(b"")
     (plans_file.parent / "dataset.json").write_text(json.dumps(DATASET_JSON))
+    return plans_file
+
+
+def test_compare_dry_run_prints_the_job_array_and_submits_nothing(preprocessed_2d, tmp_path, capsys):
     out = tmp_path / "comparison"
     arguments = ["compare", "999", "--folds", "0", "1", "--train", "slurm", "--dry-run", "--gres", "gpu:1",
                  "--out", str(out)]
@@ -479,6 +489,16 @@ def test_compare_dry_run_prints_the_job_array_and_submits_nothing(plans_file, tm
     assert script.count("nnUNetTrainerDCA -p nnUNetPlans --npz -device cuda") == 2
     assert not (out / "slurm").exists()
     assert (out / "report.md").is_file()  # the report of what exists: nothing trained yet
+
+
+@pytest.mark.parametrize("options, device", [(["--gres", "none"], "cuda"), (["-device", "cpu"], "cpu")])
+def test_compare_dry_run_has_no_gres_line_with_gres_none_or_on_the_cpu(preprocessed_2d, tmp_path, capsys, options,
+                                                                       device):
+    assert main(["compare", "999", "--folds", "0", "--train", "slurm", "--dry-run", *options,
+                 "--out", str(tmp_path / "comparison")]) == 0
+    script = capsys.readouterr().out
+    assert "#SBATCH --array=0-1" in script and "#SBATCH --gres" not in script
+    assert script.count(f"--npz -device {device}") == 2
 
 
 def test_ctrl_c_during_compare_is_one_line_and_exit_code_130(plans_file, tmp_path, capsys, monkeypatch):
