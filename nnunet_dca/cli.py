@@ -272,13 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Add a configuration to DATASET's plans that inherits from -c (same preprocessed data) and "
                     "builds the DCA U-Net, so the stock nnUNetTrainer trains DCA. Existing configurations are "
                     "never changed, except that a cascade source's previous stage (3d_lowres) gets the new name in "
-                    "its next_stage. DCA options left out keep the paper's defaults.")
+                    "its next_stage (and loses it again when --overwrite gives the name a source without that previous "
+                    "stage). DCA options left out keep the paper's defaults.")
     add_config.add_argument("dataset", metavar="DATASET", help="dataset id or name, e.g. 4 or Dataset004_Hippocampus")
     add_config.add_argument("-c", dest="configuration", default="2d", help="source configuration (default: 2d)")
     add_config.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     add_config.add_argument("--name", default=None, help="name of the new configuration (default: SOURCE_dca)")
     add_config.add_argument("--overwrite", action="store_true",
-                            help="replace a configuration of the same name that add-config made (never another)")
+                            help="replace a configuration of the same name that add-config made (never another), "
+                                 "unchanged if a fold of it is trained in nnUNet_results")
     dca = add_config.add_argument_group("DCA settings (the plans' dca block)")
     # SUPPRESS: an option left out does not appear in the namespace, so the block holds only what was asked
     dca.add_argument("--stages", type=int, default=argparse.SUPPRESS,

@@ -7,6 +7,9 @@ and a model folder predicts wherever this package is installed, without nnUNet_e
 A cascade stage as the source (3d_cascade_fullres, whose `previous_stage` is 3d_lowres) makes a cascade DCA
 configuration: it trains on the segmentations the previous stage's validation exports to
 predicted_next_stage/<name> for each name in its `next_stage`, so the new name is added there too.
+
+A configuration with trained folds in nnUNet_results is frozen: --overwrite may not change what its model folders
+were trained with, since nnUNetv2_train --c and --val read the configuration from the plans file again.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import tempfile
 from typing import Any, Mapping
 
 import torch
-from batchgenerators.utilities.file_and_folder_operations import load_json
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, subdirs
+from nnunetv2.paths import nnUNet_results
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -27,6 +31,10 @@ from nnunet_dca.config import resolved_dca_block
 from nnunet_dca.network import DCAUNetFromPlans
 
 DCA_NETWORK_CLASS_NAME = f"{DCAUNetFromPlans.__module__}.{DCAUNetFromPlans.__name__}"
+CHECKPOINT_FINAL = "checkpoint_final.pth"
+CHECKPOINT_LATEST = "checkpoint_latest.pth"
+# a fold holding any of these has been trained with the configuration, if only for an epoch
+CHECKPOINTS = (CHECKPOINT_FINAL, CHECKPOINT_LATEST, "checkpoint_best.pth")
 
 
 def find_plans_file(dataset: str | int, plans_identifier: str = "nnUNetPlans") -> str:
@@ -73,7 +81,9 @@ def add_dca_configuration(plans_file: str, source_configuration: str = "2d", nam
     on the meta device first, so settings it cannot take fail here. The one other configuration that can change
     is the source's previous stage, for a cascade source: the new name joins its `next_stage`, so that stage
     (re-)exports segmentations for it (train it, or rerun its validation with `nnUNetv2_train ... --val`).
-    `overwrite` replaces a configuration of the same name only if add_dca_configuration made it. The file is
+    `overwrite` replaces a configuration of the same name only if add_dca_configuration made it, and, if any
+    trainer has trained a fold of it (model folders in nnUNet_results), only with the same resolved configuration.
+    A replaced cascade configuration leaves the `next_stage` of a previous stage it no longer has. The file is
     written only if every configuration in it still resolves, and then replaced atomically.
     """
     if not os.path.isfile(plans_file):
@@ -98,6 +108,7 @@ def add_dca_configuration(plans_file: str, source_configuration: str = "2d", nam
     dca = resolved_dca_block(dca)
 
     plans_manager = PlansManager(plans)
+    replaced = plans_manager.get_configuration(name) if name in configurations else None
     source_manager = plans_manager.get_configuration(source_configuration)
     source = source_manager.configuration["architecture"]
     if source["network_class_name"] == DCA_NETWORK_CLASS_NAME:
@@ -112,8 +123,14 @@ def add_dca_configuration(plans_file: str, source_configuration: str = "2d", nam
         "_kw_requires_import": source["_kw_requires_import"],
     }
     _check_builds(architecture)
-    configurations[name] = {"inherits_from": source_configuration, "architecture": architecture}
+    configuration = {"inherits_from": source_configuration, "architecture": architecture}
     previous_stage = source_manager.previous_stage_name
+    if replaced is not None:
+        # nnU-Net's inheritance: the source's resolved settings, updated with the configuration's own
+        _check_trained_folds_keep_their_configuration(plans_file, name, replaced.configuration,
+                                                      {**source_manager.configuration, **configuration})
+        _leave_old_previous_stage(plans_manager, configurations, name, replaced.previous_stage_name, previous_stage)
+    configurations[name] = configuration
     if previous_stage is not None:
         # the resolved list, inherited entries included, goes into the previous stage's own dict: a parent it
         # inherits next_stage from stays as it is, and so do the other configurations inheriting from that parent
@@ -136,6 +153,52 @@ def _check_builds(architecture: dict) -> None:
                                    allow_init=False)
     except TypeError as e:  # DCAUNet's refusal of a network without U-Net skips, e.g. Primus
         raise ValueError(f"{e} Pick a U-Net configuration as the source (-c).") from e
+
+
+def trained_model_folders(plans_file: str, configuration: str) -> list[str]:
+    """The model folders of `configuration` in nnUNet_results, any trainer, with a fold holding a checkpoint.
+
+    The dataset and the plans identifier are those of `plans_file`'s path, as nnUNetv2_train maps them
+    (nnUNet_preprocessed/DATASET/PLANS.json -> nnUNet_results/DATASET/TRAINER__PLANS__CONFIGURATION).
+    Nothing is found where nnUNet_results is not set: nnU-Net trains nowhere then.
+    """
+    if not nnUNet_results.is_set():
+        return []
+    dataset_results = join(nnUNet_results.get(), os.path.basename(os.path.dirname(os.path.abspath(plans_file))))
+    if not isdir(dataset_results):
+        return []
+    plans_identifier = os.path.splitext(os.path.basename(plans_file))[0]
+    models = subdirs(dataset_results, suffix=f"__{plans_identifier}__{configuration}", sort=True)
+    return [model for model in models if any(isfile(join(fold, checkpoint))
+                                             for fold in subdirs(model, prefix="fold_") for checkpoint in CHECKPOINTS)]
+
+
+def _check_trained_folds_keep_their_configuration(plans_file: str, name: str, replaced: dict, written: dict) -> None:
+    # the resolved configurations, not their own dicts: a new source changes the patch size, spacing, network, ...;
+    # inherits_from only names where the settings come from
+    changed = sorted(key for key in replaced.keys() | written.keys()
+                     if key != "inherits_from" and replaced.get(key) != written.get(key))
+    if not changed:
+        return
+    models = trained_model_folders(plans_file, name)
+    if models:
+        raise FileExistsError(f"configuration {name!r} has trained folds in {', '.join(models)}, and this "
+                              f"--overwrite would change its {', '.join(changed)}, which those models were trained "
+                              f"with; nothing was written: add the new settings under another name (--name)")
+
+
+def _leave_old_previous_stage(plans_manager: PlansManager, configurations: dict, name: str,
+                              old_previous_stage: str | None, previous_stage: str | None) -> None:
+    # a cascade configuration replaced by one of another source: its old previous stage no longer exports
+    # segmentations for it. The list goes into that stage's own dict, as it was added.
+    if old_previous_stage in (None, previous_stage) or old_previous_stage not in configurations:
+        return
+    next_stages = plans_manager.get_configuration(old_previous_stage).next_stage_names or []
+    remaining = [stage for stage in next_stages if stage != name]
+    if remaining:
+        configurations[old_previous_stage]["next_stage"] = remaining
+    else:
+        configurations[old_previous_stage].pop("next_stage", None)
 
 
 def _check_every_configuration_resolves(plans: dict, name: str) -> None:

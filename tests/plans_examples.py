@@ -130,6 +130,16 @@ def make_plans() -> dict:
     }
 
 
+def cascade_plans(lowres_next_stage: dict) -> dict:
+    """make_plans() with a 3d_lowres (its `next_stage` keys given) and a 3d_cascade_fullres, as nnU-Net's planner
+    writes them."""
+    plans = make_plans()
+    plans["configurations"]["3d_lowres"] = {"inherits_from": "3d_fullres", "data_identifier": "nnUNetPlans_3d_lowres",
+                                            **lowres_next_stage}
+    plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    return plans
+
+
 DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2},
                 "numTraining": 2, "file_ending": ".nii.gz"}
 NUM_CLASSES = 3

@@ -16,7 +16,7 @@ from conftest import Demo, run
 from nnunet_dca.demo import PLANNING_SETTINGS, TASK_ID, write_short_trainer
 from nnunet_dca.msd import LABELS, MODALITIES
 from nnunet_dca.plans import add_dca_configuration
-from plans_examples import make_plans
+from plans_examples import cascade_plans
 from test_end_to_end import CPU, assert_same_geometry, dca_weights, final_checkpoint, model_folder
 
 CASCADE_PLANS = "nnUNetCascadePlans"
@@ -29,16 +29,6 @@ DCA_TRAINER = "nnUNetTrainerDCA_cascade_e2e"
 
 
 # add_dca_configuration on plans with a cascade
-
-def cascade_plans(lowres_next_stage: dict) -> dict:
-    """make_plans() with a 3d_lowres (its `next_stage` keys given) and a 3d_cascade_fullres, as nnU-Net's planner
-    writes them."""
-    plans = make_plans()
-    plans["configurations"]["3d_lowres"] = {"inherits_from": "3d_fullres", "data_identifier": "nnUNetPlans_3d_lowres",
-                                            **lowres_next_stage}
-    plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
-    return plans
-
 
 def add(plans: dict, tmp_path: Path, source: str, **kwargs) -> tuple[str, dict]:
     """add_dca_configuration on `plans` in a file; the name and the plans written."""

@@ -24,7 +24,7 @@ from nnunet_dca.cli import main
 from nnunet_dca.demo import nnunet_command
 from nnunet_dca.trainers import trainer_dir
 from nnunet_dca.trainers.nnUNetTrainerDCA import nnUNetTrainerDCA
-from plans_examples import (DATASET_JSON, NUM_CLASSES, PATCH_SIZES, PRIMUS_3D, make_plans,
+from plans_examples import (DATASET_JSON, NUM_CLASSES, PATCH_SIZES, PRIMUS_3D, cascade_plans, make_plans,
                             single_thread)  # noqa: F401 (autouse)
 
 NNUNET_PATHS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -281,6 +281,70 @@ def test_add_config_replaces_a_configuration_only_with_overwrite(plans_file, cap
     assert main(["add-config", "999", "--n-blocks", "2", "--overwrite"]) == 0
     dca = json.loads(plans_file.read_text())["configurations"]["2d_dca"]["architecture"]["arch_kwargs"]["dca"]
     assert dca["n_blocks"] == 2
+
+
+def train_fold(nnunet_folders: Path, model: str, checkpoint: str = "checkpoint_final.pth") -> Path:
+    """A model folder of Dataset999_Tiny in nnUNet_results with fold 0 trained, as far as its checkpoint's name goes;
+    returns the model folder."""
+    fold = nnunet_folders / "nnUNet_results" / "Dataset999_Tiny" / model / "fold_0"
+    fold.mkdir(parents=True)
+    (fold / checkpoint).write_bytes(b"")
+    return fold.parent
+
+
+@pytest.mark.parametrize("model, checkpoint", [
+    ("nnUNetTrainer__nnUNetPlans__2d_dca", "checkpoint_final.pth"),
+    ("nnUNetTrainer__nnUNetPlans__2d_dca", "checkpoint_latest.pth"),  # cut off: --c resumes it from the plans
+    ("nnUNetTrainerDCA_5epochs__nnUNetPlans__2d_dca", "checkpoint_best.pth"),  # any trainer
+])
+@pytest.mark.parametrize("arguments, changed", [
+    (["--n-blocks", "2"], "architecture"),
+    (["--merge", "paper"], "architecture"),
+    (["-c", "3d_fullres", "--name", "2d_dca"],
+     "architecture, data_identifier, median_image_size_in_voxels, patch_size, spacing"),
+])
+def test_add_config_overwrite_of_a_configuration_with_trained_folds_is_refused_if_it_changes_it(
+        user_plans_file, capsys, model, checkpoint, arguments, changed):
+    model_folder = train_fold(user_plans_file.parents[2], model, checkpoint)
+    before = user_plans_file.read_bytes()
+    assert main(["add-config", "999", *arguments, "--overwrite"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "add-config",
+                          f"configuration '2d_dca' has trained folds in {model_folder}, and this --overwrite would "
+                          f"change its {changed}, which those models were trained with; nothing was written: add the "
+                          f"new settings under another name (--name)")
+    assert user_plans_file.read_bytes() == before
+
+
+def test_add_config_overwrite_of_a_configuration_with_trained_folds_that_changes_nothing_is_written(user_plans_file):
+    train_fold(user_plans_file.parents[2], "nnUNetTrainer__nnUNetPlans__2d_dca")
+    configurations = json.loads(user_plans_file.read_text())["configurations"]
+    assert main(["add-config", "999", "--overwrite"]) == 0
+    assert json.loads(user_plans_file.read_text())["configurations"] == configurations
+
+
+def test_add_config_overwrite_looks_only_at_trained_folds_of_the_same_plans_and_configuration(user_plans_file):
+    nnunet_folders = user_plans_file.parents[2]
+    train_fold(nnunet_folders, "nnUNetTrainer__nnUNetPlans__2d")
+    train_fold(nnunet_folders, "nnUNetTrainer__nnUNetResEncUNetMPlans__2d_dca")
+    train_fold(nnunet_folders, "nnUNetTrainer__nnUNetPlans__2d_dca", "debug.json")  # started, no checkpoint yet
+    assert main(["add-config", "999", "--n-blocks", "2", "--overwrite"]) == 0
+    assert json.loads(user_plans_file.read_text())["configurations"]["2d_dca"]["architecture"]["arch_kwargs"]["dca"][
+        "n_blocks"] == 2
+
+
+@pytest.mark.parametrize("lowres_next_stage, left", [
+    ({"next_stage": "3d_cascade_fullres"}, {"next_stage": ["3d_cascade_fullres"]}),  # as nnU-Net's planner writes it
+    ({}, {}),
+])
+def test_add_config_overwrite_of_a_cascade_configuration_by_another_source_leaves_the_previous_stage(
+        plans_file, lowres_next_stage, left):
+    plans_file.write_text(json.dumps(cascade_plans(lowres_next_stage)))
+    assert main(["add-config", "999", "-c", "3d_cascade_fullres", "--name", "3d_dca"]) == 0
+    assert PlansManager(str(plans_file)).get_configuration("3d_lowres").next_stage_names[-1] == "3d_dca"
+    assert main(["add-config", "999", "-c", "3d_fullres", "--name", "3d_dca", "--overwrite"]) == 0
+    written = json.loads(plans_file.read_text())["configurations"]
+    assert written["3d_dca"]["inherits_from"] == "3d_fullres"
+    assert written["3d_lowres"] == cascade_plans(left)["configurations"]["3d_lowres"]
 
 
 # warm-start (a stock model fine-tuned by a DCA trainer through nnU-Net's -pretrained_weights)

@@ -12,12 +12,10 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_dca.plans import load_plans
+from nnunet_dca.plans import CHECKPOINT_FINAL, CHECKPOINT_LATEST, load_plans
 from nnunet_dca.trainers import trainer_dir
 from nnunet_dca.warm_start import find_trainer_class
 
-CHECKPOINT_FINAL = "checkpoint_final.pth"
-CHECKPOINT_LATEST = "checkpoint_latest.pth"
 SUMMARY = Path("validation") / "summary.json"  # in a fold folder; nnU-Net's validation writes it last
 # A run's state, from its fold folder. nnUNetv2_train writes checkpoint_final.pth when training ends, then validates
 # and writes validation/summary.json: a validation cut off (Ctrl-C, a SLURM time limit, out of memory) leaves the
