@@ -12,6 +12,7 @@ import shutil
 import sys
 import textwrap
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +20,7 @@ import pytest
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
 from nnunet_dca.compare import local, workflow
+from nnunet_dca.compare.locks import LOCK_SUFFIX, lock_path
 from nnunet_dca.compare.study import (CHECKPOINT_FINAL, CHECKPOINT_LATEST, DONE, FRESH, RESUME, SUMMARY, VALIDATE, Run,
                                       Study, StudyError, check_model_folder_plans, check_preprocessed, resolve_study)
 from nnunet_dca.trainers import trainer_dir
@@ -387,14 +389,15 @@ def test_ctrl_c_terminates_the_running_trainings(tmp_path, fake_train, monkeypat
     env = {**os.environ, "FAKE_RECORDS": str(fake_train), "FAKE_SECONDS": "60"}
     lines = []
     start = time.monotonic()
+    results = tmp_path / "nnUNet_results"
     with pytest.raises(KeyboardInterrupt):
-        local.run_local(make_study(tmp_path / "nnUNet_results").runs(), "cuda", ["0", "1"], tmp_path / "logs", env,
-                        lines.append)
+        local.run_local(make_study(results).runs(), "cuda", ["0", "1"], tmp_path / "logs", env, lines.append)
     assert time.monotonic() - start < 30
     for record in fake_train.glob("*.json"):
         with pytest.raises(ProcessLookupError):  # terminated and reaped
             os.kill(int(record.stem), 0)
     assert lines[-1] == "stopped: 2 running training(s) terminated; run the same command again to resume"
+    assert not list(results.rglob(f"*{LOCK_SUFFIX}"))  # their folds' locks released
 
 
 def test_a_run_is_looked_at_again_when_its_turn_comes(tmp_path, fake_train):
@@ -418,6 +421,31 @@ def test_a_run_is_looked_at_again_when_its_turn_comes(tmp_path, fake_train):
     assert f"[skipped 2/4] {validated_meanwhile.label}: validated meanwhile, by another comparison or a SLURM task" \
         in lines
     assert lines[-1] == "3 of 4 trainings finished, 1 validated meanwhile elsewhere"
+
+
+def test_each_training_holds_its_folds_lock_and_a_fold_locked_elsewhere_is_skipped(tmp_path, fake_train):
+    first, locked, *_ = runs = make_study(tmp_path / "nnUNet_results", (0, 1)).runs()
+    theirs = lock_path(locked.fold_folder)
+    theirs.parent.mkdir(parents=True)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    theirs.write_text(json.dumps({"host": "node7", "pid": 4711, "slurm_job_id": "12", "started": now,
+                                  "heartbeat": now}))
+    lines, lock_holders = [], []
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        lock_holders.extend(json.loads(lock_path(run.fold_folder).read_text())["pid"] for run in runs
+                            if line.startswith("[started") and f"] {run.label} on " in line)
+
+    env = {**os.environ, "FAKE_RECORDS": str(fake_train)}
+    exit_codes = local.run_local(runs, "cpu", None, tmp_path / "logs", env, echo)
+    assert set(exit_codes) == {first, *runs[2:]} and len(recorded(fake_train)) == 3
+    assert lock_holders == [os.getpid()] * 3  # each training's fold locked by this process while it ran
+    assert [line for line in lines if line.startswith("[skipped")] == [
+        f"[skipped 2/4] {locked.label}: being trained by process 4711 on node7 (SLURM job 12) since "
+        f"{datetime.fromisoformat(now).astimezone().strftime('%Y-%m-%d %H:%M')} (lock {theirs})"]
+    assert lines[-1] == "3 of 4 trainings finished, 1 being trained elsewhere"
+    assert list(tmp_path.joinpath("nnUNet_results").rglob(f"*{LOCK_SUFFIX}")) == [theirs]  # ours released, theirs kept
 
 
 def test_trainers_with_different_splits_are_refused_before_anything_trains(folders, tmp_path, fake_train):
