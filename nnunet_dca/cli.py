@@ -1,4 +1,5 @@
-"""The `nnunet-dca` command: trainer-dir, doctor, add-config, warm-start, compare and demo.
+"""The `nnunet-dca` command: trainer-dir, doctor, add-config, warm-start, compare and demo (and train-fold, left out
+of --help, what each task of compare's SLURM job array runs).
 
 Training, prediction and everything else stay nnU-Net's own commands (`nnUNetv2_*`); this command helps to set
 them up, and compare runs nnUNetv2_train for the folds a comparison misses. User errors go to stderr as one line,
@@ -168,6 +169,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_train_fold(args: argparse.Namespace) -> int:
+    from nnunet_dca.compare.slurm import train_fold
+    from nnunet_dca.compare.study import Run, folder_from_environment
+
+    try:
+        run = Run(folder_from_environment("nnUNet_results"), args.dataset, args.configuration, args.trainer,
+                  args.plans, args.fold)
+        return train_fold(run, args.device)
+    except USER_ERRORS as e:
+        raise UsageError(str(e)) from e
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
         run_demo(Path(args.out), args.device, args.iterations)
@@ -289,6 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--dry-run", dest="dry_run", action="store_true",
                        help="print the sbatch script instead of submitting it")
     compare.set_defaults(func=cmd_compare)
+
+    # no help: left out of the list of commands, it is what each task of compare's SLURM job array runs
+    train_fold = commands.add_parser(
+        "train-fold", description="Train one fold as a task of `nnunet-dca compare --train slurm` does: take the "
+                                  "fold's lock, then nnUNetv2_train it as compare --train local would (nnU-Net's "
+                                  "folders from the nnUNet_* variables).")
+    train_fold.add_argument("dataset", metavar="DATASET", help="nnU-Net's dataset name")
+    train_fold.add_argument("configuration", metavar="CONFIGURATION")
+    train_fold.add_argument("fold", metavar="FOLD", type=_fold)
+    train_fold.add_argument("-tr", dest="trainer", required=True)
+    train_fold.add_argument("-p", dest="plans", required=True)
+    train_fold.add_argument("-device", "--device", dest="device", choices=("cuda", "cpu", "mps"), default="cuda")
+    train_fold.set_defaults(func=cmd_train_fold)
 
     demo = commands.add_parser(
         "demo", help="train and evaluate DCA on a synthetic MSD task with nnU-Net's own commands",

@@ -550,7 +550,8 @@ def test_compare_dry_run_prints_the_job_array_and_submits_nothing(preprocessed_2
     script = capsys.readouterr().out
     assert f"#   nnunet-dca {' '.join(arguments)}\n" in script  # main's arguments, not the interpreter's
     assert "#SBATCH --array=0-3" in script and "#SBATCH --gres=gpu:1" in script
-    assert script.count("nnUNetTrainerDCA -p nnUNetPlans --npz -device cuda") == 2
+    assert script.count("nnUNetTrainerDCA -p nnUNetPlans -device cuda") == 2
+    assert 'exec "$nnunet_dca" train-fold "${arguments[@]}"\n' in script  # each task trains under its fold's lock
     assert not (out / "slurm").exists()
     assert (out / "report.md").is_file()  # the report of what exists: nothing trained yet
 

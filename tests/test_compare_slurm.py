@@ -1,17 +1,23 @@
 """`nnunet-dca compare --train slurm`: the job array script, run by bash as SLURM would run each task and on a
-one-node SLURM cluster (skipped where there is none), with a stand-in for nnUNetv2_train."""
+one-node SLURM cluster (skipped where there is none), with a stand-in for nnUNetv2_train behind the tasks'
+`nnunet-dca train-fold`."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from nnunet_dca.compare import slurm
+from nnunet_dca.compare.locks import lock_path
 from nnunet_dca.compare.slurm import SlurmError, SlurmOptions, array_script, nnunet_environment, submit
-from nnunet_dca.compare.study import CHECKPOINT_FINAL, CHECKPOINT_LATEST, SUMMARY, Run
+from nnunet_dca.compare.study import CHECKPOINT_FINAL, CHECKPOINT_LATEST, DONE, SUMMARY, Run
 from slurm_cluster import slurm_cluster, wait_for_job  # noqa: F401 (fixture)
 
 # Stands in for nnUNetv2_train: appends its arguments and the nnU-Net folders it sees to the fold's calls.txt,
@@ -28,20 +34,39 @@ done
 folder="$nnUNet_results/$dataset/${trainer}__${plans}__$configuration/fold_$fold"
 mkdir -p "$folder"
 echo "$arguments | $nnUNet_raw | ${nnUNet_extTrainer-}" >>"$folder/calls.txt"
+trap 'kill $!; exit 143' TERM  # a training stopped by SIGTERM, its sleep with it
+sleep "${FAKE_SECONDS:-0}" &
+wait $!
 touch "$folder/checkpoint_final.pth"
 mkdir -p "$folder/validation"
 touch "$folder/validation/summary.json"
 """
 
 
+# nnunet-dca as the tasks run it, its train-fold running FAKE_TRAIN where it would run nnUNetv2_train
+FAKE_NNUNET_DCA = """#!{python}
+import sys
+from nnunet_dca.cli import main
+from nnunet_dca.compare import local
+local.nnunet_command = lambda name: {train!r}
+sys.exit(main())
+"""
+
+
 @pytest.fixture
 def fake_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The stand-in nnUNetv2_train, put where array_script looks for nnU-Net's commands."""
+    """The stand-in nnUNetv2_train, behind an `nnunet-dca` put where array_script looks for it."""
     path = tmp_path / "bin" / "nnUNetv2_train"
     path.parent.mkdir()
     path.write_text(FAKE_TRAIN)
-    path.chmod(0o755)
-    monkeypatch.setattr(slurm, "nnunet_command", lambda name: str(path))
+    nnunet_dca = path.with_name("nnunet-dca")
+    nnunet_dca.write_text(FAKE_NNUNET_DCA.format(python=sys.executable, train=str(path)))
+    for script in (path, nnunet_dca):
+        script.chmod(0o755)
+    monkeypatch.setattr(slurm, "nnunet_command", lambda name: str(path.with_name(name)))
+    # the tasks' nnunet-dca imports this checkout's nnunet_dca
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(slurm.__file__).parents[2]),
+                                                                   os.environ.get("PYTHONPATH")])))
     return path
 
 
@@ -79,6 +104,15 @@ def run_task(script: Path, task: int) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
+def submit_twice(script: Path) -> list[str]:
+    """The job array submitted twice, at once, as by two users or a resubmission of tasks still running; returns
+    the two job ids once every task of both has ended."""
+    jobs = [submit(script), submit(script)]
+    for job in jobs:
+        wait_for_job(job)
+    return jobs
+
+
 def calls(run: Run) -> list[str]:
     path = run.fold_folder / "calls.txt"
     return path.read_text().splitlines() if path.is_file() else []
@@ -104,7 +138,7 @@ def test_only_runs_not_validated(results: Path, fake_train: Path, tmp_path: Path
     script = array_script(runs, SlurmOptions(), tmp_path / "logs", {})
     assert "--array=0-2" in sbatch_lines(script)
     assert runs[0].label not in script and all(run.label in script for run in runs[1:])
-    assert str(fake_train) in script
+    assert str(fake_train.with_name("nnunet-dca")) in script
     for run in runs:
         checkpoint(run, SUMMARY)
     with pytest.raises(ValueError, match="no run left"):
@@ -133,6 +167,44 @@ def test_tasks_decide_at_run_time(results: Path, fake_train: Path, tmp_path: Pat
     assert [len(calls(run)) for run in runs] == [1, 1, 0, 1]
     unknown = run_task(script, 4)
     assert unknown.returncode == 1 and "no run for array task 4" in unknown.stderr
+    assert not list(results.rglob("*.lock"))  # each task released its fold's lock
+
+
+def test_a_task_skips_a_fold_being_trained_elsewhere(results: Path, fake_train: Path, tmp_path: Path) -> None:
+    run = runs_of(results)[0]
+    script = tmp_path / "train.sh"
+    script.write_text(array_script([run], SlurmOptions(), tmp_path / "logs", environment(results)))
+    theirs = lock_path(run.fold_folder)
+    theirs.parent.mkdir(parents=True)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    theirs.write_text(json.dumps({"host": "node7", "pid": 4711, "started": now, "heartbeat": now}))
+    task = run_task(script, 0)
+    assert task.returncode == 0 and calls(run) == []
+    assert f"{run.label}: being trained by process 4711 on node7 since " in task.stdout, task.stdout + task.stderr
+    theirs.unlink()  # their training has ended
+    assert run_task(script, 0).returncode == 0 and len(calls(run)) == 1
+
+
+def test_a_task_stopped_by_sigterm_stops_its_training_and_releases_the_lock(results: Path, fake_train: Path,
+                                                                            tmp_path: Path) -> None:
+    """SLURM sends SIGTERM at a time limit, a preemption or scancel."""
+    run = runs_of(results)[0]
+    script = tmp_path / "train.sh"
+    script.write_text(array_script([run], SlurmOptions(), tmp_path / "logs", environment(results)))
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "0", "FAKE_SECONDS": "60"}
+    with open(tmp_path / "task.log", "w") as log:
+        task = subprocess.Popen(["bash", str(script)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 50
+        while not calls(run) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lock_path(run.fold_folder).is_file()
+        task.terminate()
+        assert task.wait(timeout=40) == 143, (tmp_path / "task.log").read_text()
+    finally:
+        task.kill()
+    assert not lock_path(run.fold_folder).exists() and run.state != DONE
+    assert "stopped: 1 running training(s) terminated" in (tmp_path / "task.log").read_text()
 
 
 def test_nnunet_environment() -> None:
@@ -177,4 +249,21 @@ def test_job_array_on_slurm(slurm_cluster: str, results: Path, fake_train: Path,
     logged = {path.name: path.read_text() for path in logs.iterdir()}
     assert sorted(logged) == [f"{job}_{task}.log" for task in range(3)], logged
     for task, run in enumerate(runs):
-        assert calls(run) == [" ".join(run.train_arguments()) + extras], logged[f"{job}_{task}.log"]
+        assert calls(run) == [" ".join(run.train_arguments("cuda")) + extras], logged[f"{job}_{task}.log"]
+
+
+def test_the_job_array_submitted_twice_trains_each_fold_once(slurm_cluster: str, results: Path, fake_train: Path,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two arrays of the same folds at once: the tasks of the second find the folds locked (or validated)."""
+    runs = runs_of(results)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    script = tmp_path / "train.sh"
+    script.write_text(array_script(runs, SlurmOptions(time="5:00"), logs, environment(results), device="cpu"))
+    monkeypatch.setenv("FAKE_SECONDS", "10")  # sbatch passes the submitter's environment on: trainings overlap
+    jobs = submit_twice(script)
+    logged = "\n".join(path.read_text() for path in sorted(logs.iterdir()))
+    assert len(list(logs.iterdir())) == 2 * len(runs), logged
+    assert [len(calls(run)) for run in runs] == [1] * len(runs), logged
+    assert all(run.state == DONE for run in runs) and not list(results.rglob("*.lock")), logged
+    assert logged.count("[started 1/1]") == len(runs), f"jobs {jobs}:\n{logged}"  # the other tasks skipped

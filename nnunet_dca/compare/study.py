@@ -137,8 +137,8 @@ def resolve_study(datasets: Sequence[str | int], configurations: Sequence[str], 
     than two trainers, anything given twice, and a model folder trained with other plans. Reads only; whether the
     preprocessed data for training is there is check_preprocessed's question.
     """
-    results = Path(results) if results is not None else _folder_from_environment("nnUNet_results")
-    preprocessed = Path(preprocessed) if preprocessed is not None else _folder_from_environment("nnUNet_preprocessed")
+    results = Path(results) if results is not None else folder_from_environment("nnUNet_results")
+    preprocessed = Path(preprocessed) if preprocessed is not None else folder_from_environment("nnUNet_preprocessed")
     if len(trainers) < 2:
         raise StudyError(f"compare needs at least two trainers, the baseline first (e.g. --trainers nnUNetTrainer "
                          f"nnUNetTrainerDCA); got {' '.join(trainers) or 'none'}")
@@ -206,7 +206,7 @@ def load_plans_or_refuse(plans_file: Path) -> dict:
         raise StudyError(str(e)) from e
 
 
-def _folder_from_environment(variable: str) -> Path:
+def folder_from_environment(variable: str) -> Path:
     # read at the call, not from nnunetv2.paths: tests and the cli set the folders after nnunetv2 is imported
     value = os.environ.get(variable)
     if not value:
