@@ -3,7 +3,9 @@
 - real data no one here made, ISBI 2012 EM membranes (../shared/data/isbi2012-em), converted, planned and
   preprocessed by nnU-Net, then stock and DCA trained on two folds with `--train local`; the report is checked
   against values recomputed here from nnU-Net's own summary files and checkpoints;
-- the demo task trained as a job array on a one-node SLURM cluster with `--train slurm`, and reported afterwards.
+- the demo task trained as a job array on a one-node SLURM cluster with `--train slurm`, and reported afterwards;
+- two comparisons of the same folds at once, both local and both job arrays: the folds' locks let each fold train
+  once.
 
 Trainings are a few iterations long: these runs check the plumbing and the numbers' bookkeeping, not DCA.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,8 @@ from scipy import stats
 
 from conftest import run
 from nnunet_dca.compare.statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
-from nnunet_dca.demo import DEMO_SETTINGS, PLANNING_SETTINGS, DemoLayout, write_short_trainer
+from nnunet_dca.compare.locks import LOCK_SUFFIX
+from nnunet_dca.demo import DEMO_SETTINGS, PLANNING_SETTINGS, DemoLayout, nnunet_command, write_short_trainer
 from real_data import ISBI, write_isbi_dataset
 from slurm_cluster import slurm_cluster, wait_for_job  # noqa: F401 (fixture)
 
@@ -194,3 +198,53 @@ def test_a_slurm_job_array_trains_the_missing_folds_and_the_report_picks_them_up
     for trainer in (STOCK, DCA):
         assert trainers[trainer]["folds"]["1"]["state"] == "complete", logs
         assert trainers[trainer]["cross_validation"] is not None
+
+
+def write_lock_trainers(demo, suffix: str) -> tuple[str, str]:
+    """A stock and a DCA trainer of one iteration, named for one test, so that its folds start untrained."""
+    names = (f"nnUNetTrainer_{suffix}", f"nnUNetTrainerDCA_{suffix}")
+    for name, base in zip(names, (STOCK_BASE, "nnunet_dca.trainers.nnUNetTrainerDCA.nnUNetTrainerDCA")):
+        write_short_trainer(demo.layout.trainers, name, iterations=1, base=base)
+    return names
+
+
+def assert_each_fold_trained_once(demo, trainers: tuple[str, ...], folds: tuple[int, ...], outputs: str) -> None:
+    """Each fold validated, with one nnU-Net training log, and started once over all `outputs`; no lock left."""
+    results = demo.layout.results / demo.layout.dataset_name
+    for trainer in trainers:
+        for fold in folds:
+            folder = results / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}"
+            assert (folder / "validation" / "summary.json").is_file(), outputs
+            assert len(list(folder.glob("training_log_*.txt"))) == 1, outputs
+    # two trainings started in the same second would share one log file: count the starts as well
+    assert len(re.findall(r"\[started \d+/\d+\]", outputs)) == len(trainers) * len(folds), outputs
+    assert not list(results.rglob(f"*{LOCK_SUFFIX}")), outputs
+
+
+def test_two_local_comparisons_started_together_train_each_fold_once(demo, tmp_path):
+    trainers, folds = write_lock_trainers(demo, "locallock"), (0, 1)
+    processes = [subprocess.Popen([nnunet_command("nnunet-dca"), "compare", demo.layout.dataset_name, "-c", "2d",
+                                   "--trainers", *trainers, "--folds", *map(str, folds), "-device", "cpu",
+                                   "--train", "local", "--out", str(tmp_path / name)],
+                                  env=demo.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for name in ("first", "second")]
+    outputs = [process.communicate(timeout=1800)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], "\n".join(outputs)
+    assert_each_fold_trained_once(demo, trainers, folds, "\n".join(outputs))
+
+
+def test_a_job_array_submitted_twice_trains_each_fold_once(slurm_cluster, demo, tmp_path):  # skips before the demo
+    trainers, folds = write_lock_trainers(demo, "slurmlock"), (0, 1)
+    jobs = []
+    for name in ("first", "second"):  # the second while the first's tasks are queued or running
+        output = run(["nnunet-dca", "compare", demo.layout.dataset_name, "-c", "2d", "--trainers", *trainers,
+                      "--folds", *map(str, folds), "-device", "cpu", "--train", "slurm", "--out", tmp_path / name],
+                     env=demo.env())
+        job = re.search(r"Submitted job array (\d+): \d of 4 trainings", output)
+        assert job, output
+        jobs.append(job.group(1))
+    for job in jobs:
+        wait_for_job(job, timeout=1800)
+    task_logs = sorted(tmp_path.glob("*/slurm/*_*.log"))
+    assert len(task_logs) == 2 * len(trainers) * len(folds)
+    assert_each_fold_trained_once(demo, trainers, folds, "\n".join(log.read_text() for log in task_logs))
