@@ -270,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare nnU-Net trainers (the first is the baseline) on the same cross-validation folds. "
                     "Always writes report.md, report.json and figures into --out from what nnU-Net wrote into "
                     "nnUNet_results; --train local or slurm first trains the missing folds with nnUNetv2_train "
-                    "(resuming with --c where a checkpoint exists). nnUNet_results changes only through "
-                    "nnUNetv2_train.")
+                    "(resuming with --c where a checkpoint exists), one training per fold at a time: a fold "
+                    "another comparison or SLURM task trains (its fold_N.nnunet-dca.lock) is skipped. "
+                    "nnUNet_results changes only through nnUNetv2_train and those locks.")
     compare.add_argument("datasets", nargs="+", metavar="DATASET", help="dataset ids or names, e.g. 4 5")
     compare.add_argument("-c", dest="configurations", nargs="+", default=["2d"],
                          help="configurations (default: 2d)")
