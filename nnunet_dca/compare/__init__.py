@@ -2,7 +2,8 @@
 
 One small module each: study.py (what to compare, validated against nnU-Net's folders), local.py and slurm.py
 (training what is missing with nnU-Net's own `nnUNetv2_train`), locks.py (one training per fold at a time),
-results.py (reading what nnU-Net wrote), statistics.py, figures.py and report.py (report.md, report.json and PNG figures).
+results.py (reading what nnU-Net wrote), statistics.py, figures.py and report.py (report.md, report.json and PNG
+figures).
 
 This file imports nothing: the command line reads TRAIN_MODES from it without importing nnU-Net, torch or scipy.
 """

@@ -118,7 +118,7 @@ def _write(fd: int, record: dict) -> None:
 
 
 def _read(path: Path) -> tuple[dict, os.stat_result]:
-    """The lock's record ({} where it cannot be read: being written by its creator, or not ours) and its stat."""
+    """The lock's record ({} where it cannot be read: being written by its creator, or damaged) and its stat."""
     with open(path, "rb") as file:
         stat = os.fstat(file.fileno())
         text = file.read()
