@@ -22,8 +22,8 @@ from typing import Any, Mapping
 
 import torch
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, subdirs
-from nnunetv2.paths import nnUNet_results
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -162,13 +162,17 @@ def trained_model_folders(plans_file: str, configuration: str) -> list[str]:
     (nnUNet_preprocessed/DATASET/PLANS.json -> nnUNet_results/DATASET/TRAINER__PLANS__CONFIGURATION).
     Nothing is found where nnUNet_results is not set: nnU-Net trains nowhere then.
     """
-    if not nnUNet_results.is_set():
+    # read at the call, as compare's folder_from_environment does: the cli and tests export it after nnunetv2's import
+    results = os.environ.get("nnUNet_results")
+    if not results:
         return []
-    dataset_results = join(nnUNet_results.get(), os.path.basename(os.path.dirname(os.path.abspath(plans_file))))
+    dataset_results = join(results, os.path.basename(os.path.dirname(os.path.abspath(plans_file))))
     if not isdir(dataset_results):
         return []
     plans_identifier = os.path.splitext(os.path.basename(plans_file))[0]
-    models = subdirs(dataset_results, suffix=f"__{plans_identifier}__{configuration}", sort=True)
+    # nnU-Net's model folder name with the trainer left out: any trainer's folder ends with it
+    suffix = convert_trainer_plans_config_to_identifier("", plans_identifier, configuration)
+    models = subdirs(dataset_results, suffix=suffix, sort=True)
     return [model for model in models if any(isfile(join(fold, checkpoint))
                                              for fold in subdirs(model, prefix="fold_") for checkpoint in CHECKPOINTS)]
 
