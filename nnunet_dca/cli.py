@@ -140,6 +140,25 @@ def _fold(value: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a fold number, e.g. 0, got {value!r}") from None
 
 
+GPU_SBATCH_OPTIONS = ("--gres", "--gpus", "--gpus-per-node", "--gpus-per-task", "--gpus-per-socket")
+
+
+def _requests_gpus(sbatch_args: list[str]) -> bool:
+    """Whether one of the --sbatch-arg lines asks for GPUs (--gres, --gpus, --gpus-per-node, --gpus-per-task,
+    --gpus-per-socket or -G, with a value), as --gres would."""
+    for line in sbatch_args:
+        tokens = line.split()
+        if not tokens:
+            continue
+        name, equals, value = tokens[0].partition("=")
+        value = value if equals else " ".join(tokens[1:])
+        if name in GPU_SBATCH_OPTIONS and value.strip().lower() not in ("", "none"):
+            return True
+        if name.startswith("-G") and not name.startswith("--") and (name[2:] or value.strip()):  # -G 1, -G1, -G=1
+            return True
+    return False
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     # imported here: nnU-Net, torch, scipy and matplotlib take seconds to import, and the other commands need none
     from nnunet_dca.compare.slurm import SlurmOptions
@@ -155,11 +174,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.gpus and args.device != "cuda":
         raise UsageError(f"--gpus picks CUDA GPUs, and this is -device {args.device}: leave --gpus out to train on "
                          f"{args.device}, or use -device cuda")
-    if args.train == "slurm" and args.device == "cuda" and args.gres is None:
+    gres = args.gres.strip() if args.gres else None  # --gres "" (an empty variable in a script, say): no --gres
+    if args.train == "slurm" and args.device == "cuda" and not gres and not _requests_gpus(args.sbatch_args):
         # without a --gres line, most clusters start the task with no GPU, and nnUNetv2_train fails in every task
         raise UsageError("--train slurm with -device cuda needs a GPU per task: add --gres gpu:1 (or --gres none "
                          "where the cluster hands out GPUs another way, e.g. by partition), or use -device cpu")
-    gres = None if args.gres is not None and args.gres.lower() == "none" else args.gres  # none: no --gres line
+    gres = None if not gres or gres.lower() == "none" else gres  # none: no --gres line
     slurm = SlurmOptions(args.partition, gres, args.time, args.array_limit, args.sbatch_args)
     try:
         failed = compare(args.datasets, args.configurations, args.trainers, args.folds, args.plans, Path(args.out),
@@ -293,8 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "(CUDA_VISIBLE_DEVICES)")
     slurm = compare.add_argument_group("SLURM (--train slurm)")
     slurm.add_argument("--partition", help="sbatch --partition")
-    slurm.add_argument("--gres", help="sbatch --gres per task, e.g. gpu:1; needed with -device cuda, 'none' where "
-                                      "the cluster hands out GPUs without it")
+    slurm.add_argument("--gres", help="sbatch --gres per task, e.g. gpu:1; needed with -device cuda (unless an "
+                                      "--sbatch-arg asks for GPUs, e.g. --gpus-per-task=1), 'none' where the cluster "
+                                      "hands out GPUs without it")
     slurm.add_argument("--time", help="sbatch --time per task, e.g. 24:00:00")
     slurm.add_argument("--array-limit", dest="array_limit", type=_positive_int, default=None,
                        help="at most this many tasks at once (sbatch --array=...%%N)")

@@ -523,6 +523,8 @@ def test_a_failed_demo_step_is_one_line_with_the_logs_last_line(tmp_path, monkey
                                   "none where the cluster hands out GPUs another way, e.g. by partition), or use "
                                   "-device cpu"),
     (["999", "--train", "slurm", "--partition", "gpu", "--dry-run"], "add --gres gpu:1"),
+    (["999", "--train", "slurm", "--dry-run", "--gres", ""], "add --gres gpu:1"),  # an empty variable, say
+    (["999", "--train", "slurm", "--dry-run", "--sbatch-arg=--mem=32G"], "add --gres gpu:1"),
 ])
 def test_compare_refusals_are_one_line_and_write_nothing(plans_file, tmp_path, capsys, arguments, message):
     out = tmp_path / "comparison"
@@ -564,6 +566,17 @@ def test_compare_dry_run_has_no_gres_line_with_gres_none_or_on_the_cpu(preproces
     script = capsys.readouterr().out
     assert "#SBATCH --array=0-1" in script and "#SBATCH --gres" not in script
     assert script.count(f"-device {device})") == 2
+
+
+@pytest.mark.parametrize("request_line", ["--gres=gpu:1", "--gpus 1", "--gpus-per-node=2", "--gpus-per-task=1",
+                                          "-G 1", "-G1"])
+def test_compare_dry_run_accepts_a_gpu_request_given_through_sbatch_arg(preprocessed_2d, tmp_path, capsys,
+                                                                         request_line):
+    assert main(["compare", "999", "--folds", "0", "--train", "slurm", "--dry-run", f"--sbatch-arg={request_line}",
+                 "--out", str(tmp_path / "comparison")]) == 0
+    script = capsys.readouterr().out
+    assert f"#SBATCH {request_line}\n" in script
+    assert script.count("#SBATCH --gres") == request_line.startswith("--gres")  # no second --gres line of ours
 
 
 def test_ctrl_c_during_compare_is_one_line_and_exit_code_130(plans_file, tmp_path, capsys, monkeypatch):
