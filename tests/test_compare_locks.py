@@ -27,11 +27,21 @@ def path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return lock_path(tmp_path / "nnUNet_results" / "Dataset001_A" / "nnUNetTrainer__nnUNetPlans__2d" / "fold_0")
 
 
-def write_lock(path: Path, host: str = "elsewhere", pid: int = 1, minutes_ago: float = 0, **slurm: str) -> None:
-    """A lock another holder left, its heartbeat `minutes_ago`."""
+def write_lock(path: Path, host: str = "elsewhere", pid: int = 1, minutes_ago: float = 0, **fields: object) -> dict:
+    """A lock another holder left, its heartbeat `minutes_ago`; on this host with this process's boot id and PID
+    namespace, as acquire writes them (a field given as None is left out). Returns the record written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     beat = (datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)).isoformat(timespec="seconds")
-    path.write_text(json.dumps({"host": host, "pid": pid, **slurm, "started": beat, "heartbeat": beat}))
+    record = {"host": host, "pid": pid, **(locks._process_namespace() if host == HOST else {}), "started": beat,
+              "heartbeat": beat, **fields}
+    record = {name: value for name, value in record.items() if value is not None}
+    path.write_text(json.dumps(record))
+    return record
+
+
+def since(record: dict) -> str:
+    """The start of a written lock as the messages give it: local time, to the minute."""
+    return datetime.fromisoformat(record["started"]).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
 def ended_pid() -> int:
@@ -53,6 +63,7 @@ def test_acquire_writes_the_holder_beside_the_fold_and_release_removes_it(path):
     assert path.name == "fold_0.nnunet-dca.lock" and path.parent.is_dir()  # the model folder, made for the lock
     record = json.loads(path.read_text())
     assert (record["host"], record["pid"]) == (HOST, os.getpid())
+    assert {name: record[name] for name in ("boot_id", "pid_namespace") if name in record} == locks._process_namespace()
     assert record["started"] == record["heartbeat"] and record["started"].endswith("+00:00")
     lock.release()
     assert list(path.parent.iterdir()) == []
@@ -81,14 +92,50 @@ def test_a_lock_of_a_process_alive_elsewhere_is_refused(path):
 
 def test_a_lock_of_an_ended_process_on_this_host_is_taken_over(path):
     pid = ended_pid()
-    write_lock(path, HOST, pid)
+    record = write_lock(path, HOST, pid)
     lines = []
     lock = acquire(path, lines.append)
-    assert lines == [f"taking over the lock {path} of process {pid} on {HOST} since "
-                     f"{datetime.now().strftime('%Y-%m-%d %H:%M')}: that process has ended"]
+    assert lines == [f"taking over the lock {path} of process {pid} on {HOST} since {since(record)}: "
+                     f"that process has ended"]
     assert json.loads(path.read_text())["pid"] == os.getpid()
     lock.release()
     assert list(path.parent.iterdir()) == []  # the stale lock set aside is gone too
+
+
+@pytest.mark.skipif(len(locks._process_namespace()) < 2, reason="no boot id or PID namespace in /proc")
+def test_a_live_process_on_this_host_holds_its_lock_however_old_its_heartbeat(path):
+    write_lock(path, HOST, os.getpid(), minutes_ago=60)  # paused for an hour, say
+    with pytest.raises(LockHeld, match=f"is held by process {os.getpid()} on "):
+        acquire(path)
+
+
+@pytest.mark.parametrize("namespace", [{"boot_id": None, "pid_namespace": None}, {"pid_namespace": "pid:[1]"},
+                                       {"boot_id": "another boot"}], ids=["absent", "other container", "rebooted"])
+def test_a_process_of_another_pid_namespace_or_boot_is_judged_by_its_heartbeat(path, namespace):
+    pid = ended_pid()  # no process here: it names another or none there
+    write_lock(path, HOST, pid, **namespace)
+    with pytest.raises(LockHeld, match=f"is held by process {pid} on "):
+        acquire(path)
+    write_lock(path, HOST, os.getpid(), minutes_ago=11, **namespace)
+    lines = []
+    acquire(path, lines.append).release()
+    assert len(lines) == 1 and lines[0].endswith(": no heartbeat for 11 min (stale after 10)")
+
+
+@pytest.mark.parametrize("damage", [{"slurm_restart_count": "x"}, {"slurm_restart_count": "1", "slurm_job_id": 4712},
+                                    {"started": "yesterday"}, {"pid": 0}, {"pid": "4711"}, {"boot_id": 7}])
+def test_a_lock_with_a_damaged_field_is_an_unknown_holders_judged_by_its_age(path, monkeypatch, damage):
+    monkeypatch.setattr(locks, "_slurm_job_ended", lambda job: False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4712")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    write_lock(path, **{"slurm_job_id": "4712", **damage})
+    with pytest.raises(LockHeld, match="an unknown process"):
+        acquire(path)
+    old = time.time() - locks.STALE_SECONDS - 60
+    os.utime(path, (old, old))
+    lines = []
+    acquire(path, lines.append).release()
+    assert len(lines) == 1 and "an unknown process" in lines[0] and "no heartbeat for 11 min" in lines[0]
 
 
 def test_a_lock_without_heartbeat_for_ten_minutes_is_taken_over(path):
@@ -116,12 +163,12 @@ def test_an_unreadable_lock_is_judged_by_its_age(path):
                                             "exit 1", False)])
 def test_a_lock_of_an_ended_slurm_job_is_taken_over(path, tmp_path, monkeypatch, squeue, ended):
     fake_squeue(tmp_path, monkeypatch, squeue)
-    write_lock(path, slurm_job_id="4712", slurm_array_job_id="4711", slurm_array_task_id="3")
+    record = write_lock(path, slurm_job_id="4712", slurm_array_job_id="4711", slurm_array_task_id="3")
     if ended:
         lines = []
         acquire(path, lines.append).release()
-        assert lines[0].endswith("of process 1 on elsewhere (SLURM job 4711_3) since "
-                                 f"{datetime.now().strftime('%Y-%m-%d %H:%M')}: SLURM job 4711_3 has ended")
+        assert lines[0].endswith(f"of process 1 on elsewhere (SLURM job 4711_3) since {since(record)}: "
+                                 f"SLURM job 4711_3 has ended")
     else:  # squeue says running, or cannot say: the heartbeat decides
         with pytest.raises(LockHeld, match=r"\(SLURM job 4711_3\)"):
             acquire(path)

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
-from nnunet_dca.compare import local, workflow
+from nnunet_dca.compare import local, locks, workflow
 from nnunet_dca.compare.locks import LOCK_SUFFIX, lock_path
 from nnunet_dca.compare.study import (CHECKPOINT_FINAL, CHECKPOINT_LATEST, DONE, FRESH, RESUME, SUMMARY, VALIDATE, Run,
                                       Study, StudyError, check_model_folder_plans, check_preprocessed, resolve_study)
@@ -423,7 +423,8 @@ def test_a_run_is_looked_at_again_when_its_turn_comes(tmp_path, fake_train):
     assert lines[-1] == "3 of 4 trainings finished, 1 validated meanwhile elsewhere"
 
 
-def test_each_training_holds_its_folds_lock_and_a_fold_locked_elsewhere_is_skipped(tmp_path, fake_train):
+def test_each_training_holds_its_folds_lock_and_a_fold_locked_elsewhere_is_skipped(tmp_path, fake_train, monkeypatch):
+    monkeypatch.setattr(locks, "_slurm_job_ended", lambda job: False)  # SLURM job 12 runs, whether or not squeue exists
     first, locked, *_ = runs = make_study(tmp_path / "nnUNet_results", (0, 1)).runs()
     theirs = lock_path(locked.fold_folder)
     theirs.parent.mkdir(parents=True)

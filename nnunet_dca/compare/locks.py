@@ -2,11 +2,15 @@
 also between nodes on a shared filesystem (NFS, Lustre), where flock may lock per host only.
 
 The lock of MODEL_FOLDER/fold_N is MODEL_FOLDER/fold_N.nnunet-dca.lock, created with O_CREAT | O_EXCL (atomic on
-local filesystems, NFS v3 and later, and Lustre). It holds JSON: host, pid, the SLURM job if any (SLURM_JOB_ID,
-SLURM_ARRAY_JOB_ID, SLURM_ARRAY_TASK_ID, SLURM_RESTART_COUNT), and the start and heartbeat times (UTC), the
-heartbeat rewritten every HEARTBEAT_SECONDS by a thread of the holder. A lock whose holder is gone is taken over:
-its process has ended (on this host), its SLURM job has ended (squeue, where there is one), it is an earlier run of
-this very SLURM task (requeued since), or its heartbeat is older than STALE_SECONDS.
+local filesystems, NFS v3 and later, and Lustre). It holds JSON: host, pid, the host's boot id and the PID
+namespace (where /proc tells them), the SLURM job if any (SLURM_JOB_ID, SLURM_ARRAY_JOB_ID, SLURM_ARRAY_TASK_ID,
+SLURM_RESTART_COUNT), and the start and heartbeat times (UTC), the heartbeat rewritten every HEARTBEAT_SECONDS by a
+thread of the holder. A lock whose holder is gone is taken over: its process has ended (on this host, since this
+boot, in this PID namespace), its SLURM job has ended (squeue, where there is one), it is an earlier run of this
+very SLURM task (requeued since), or its heartbeat is older than STALE_SECONDS. A holder whose process is alive on
+this host (same boot, same PID namespace) holds the lock however old its heartbeat: a paused process is not stale.
+A lock whose record cannot be read, or has a field that is not what the holder writes, is an unknown holder's:
+judged by the file's age.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +36,8 @@ SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", 
 # squeue -j lists a job for a few minutes after it ended, in one of these states
 ENDED_STATES = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
                 "PREEMPTED", "TIMEOUT"}
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+PID_MAX = 2**31 - 1  # os.kill takes a C int; pid_max is at most 2**22 on Linux
 
 
 class LockHeld(Exception):
@@ -81,7 +88,7 @@ def acquire(path: Path, echo: Callable[[str], None] = print) -> FoldLock:
     lock whose holder is gone with a line to `echo`; raises LockHeld if a holder that may be alive has it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        record = {"host": socket.gethostname(), "pid": os.getpid(),
+        record = {"host": socket.gethostname(), "pid": os.getpid(), **_process_namespace(),
                   **{name.lower(): os.environ[name] for name in SLURM_VARIABLES if name in os.environ},
                   "started": _now()}
         record["heartbeat"] = record["started"]
@@ -118,14 +125,26 @@ def _write(fd: int, record: dict) -> None:
 
 
 def _read(path: Path) -> tuple[dict, os.stat_result]:
-    """The lock's record ({} where it cannot be read: being written by its creator, or damaged) and its stat."""
+    """The lock's record and its stat. The record is {} (an unknown holder, judged by the file's age) where it
+    cannot be read (being written by its creator, or damaged) or a field used later is not as acquire writes it."""
     with open(path, "rb") as file:
         stat = os.fstat(file.fileno())
         text = file.read()
     try:
         record = json.loads(text)
-        record["pid"], record["host"] = int(record["pid"]), str(record["host"])
+        if not isinstance(record, dict):
+            raise TypeError("not a JSON object")
+        if not isinstance(record["host"], str):
+            raise TypeError("host is not a string")
+        for name in ("boot_id", "pid_namespace", *(variable.lower() for variable in SLURM_VARIABLES)):
+            if name in record and not isinstance(record[name], str):
+                raise TypeError(f"{name} is not a string")
+        pid = record["pid"]
+        if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid <= PID_MAX:  # os.kill(0 or -1): a group
+            raise ValueError("pid is not a process id")
         _time(record["heartbeat"])
+        _time(record.get("started", record["heartbeat"]))
+        int(record.get("slurm_restart_count", 0))
     except (ValueError, KeyError, TypeError):
         return {}, stat
     return record, stat
@@ -156,13 +175,9 @@ def _holder(record: dict, stat: os.stat_result) -> str:
 
 def _why_gone(record: dict, stat: os.stat_result) -> str | None:
     """Why the holder of a lock is gone, or None while it may be alive."""
-    if record.get("host") == socket.gethostname():
-        try:
-            os.kill(record["pid"], 0)
-        except ProcessLookupError:
-            return "that process has ended"
-        except PermissionError:  # another user's process: alive
-            pass
+    alive = _process_alive(record)
+    if alive is False:
+        return "that process has ended"
     job = _slurm_job(record)
     if job:
         if (record.get("slurm_job_id") == os.environ.get("SLURM_JOB_ID")
@@ -170,11 +185,46 @@ def _why_gone(record: dict, stat: os.stat_result) -> str | None:
             return "it was an earlier run of this SLURM task, requeued since"
         if _slurm_job_ended(job):
             return f"SLURM job {job} has ended"
+    if alive:  # paused (SIGSTOP, a debugger, a suspended job) or its heartbeat thread stuck: not stale
+        return None
     heartbeat = _time(record["heartbeat"]) if record else stat.st_mtime
     silent = time.time() - heartbeat
     if silent > STALE_SECONDS:
         return f"no heartbeat for {silent / 60:.0f} min (stale after {STALE_SECONDS / 60:.0f})"
     return None
+
+
+def _process_alive(record: dict) -> bool | None:
+    """Whether the holder's process is alive (os.kill(pid, 0)), or None where this process cannot tell: the holder
+    is on another host, or its record lacks or differs in boot id or PID namespace (a reboot, another container
+    with the same hostname), where its pid names another process or none."""
+    namespace = _process_namespace()
+    if (not record or record["host"] != socket.gethostname() or len(namespace) < 2
+            or any(record.get(name) != value for name, value in namespace.items())):
+        return None
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    return True
+
+
+@lru_cache(maxsize=None)
+def _process_namespace() -> dict[str, str]:
+    """This process's boot_id (the host's, new at each boot) and pid_namespace (os.readlink of /proc/self/ns/pid),
+    each only where it can be read (not on macOS, say)."""
+    found: dict[str, str] = {}
+    try:
+        found["boot_id"] = BOOT_ID_FILE.read_text().strip()
+    except OSError:
+        pass
+    try:
+        found["pid_namespace"] = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pass
+    return found
 
 
 def _slurm_job_ended(job: str) -> bool:
