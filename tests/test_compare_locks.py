@@ -138,6 +138,16 @@ def test_a_lock_with_a_damaged_field_is_an_unknown_holders_judged_by_its_age(pat
     assert len(lines) == 1 and "an unknown process" in lines[0] and "no heartbeat for 11 min" in lines[0]
 
 
+def test_a_lock_that_cannot_be_written_is_not_left_behind(path, monkeypatch):
+    def full(fd, record):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(locks, "_write", full)
+    with pytest.raises(OSError, match="No space left"):
+        acquire(path)
+    assert not path.exists()
+
+
 def test_a_lock_without_heartbeat_for_ten_minutes_is_taken_over(path):
     write_lock(path, minutes_ago=11)
     lines = []

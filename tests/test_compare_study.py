@@ -449,6 +449,27 @@ def test_each_training_holds_its_folds_lock_and_a_fold_locked_elsewhere_is_skipp
     assert list(tmp_path.joinpath("nnUNet_results").rglob(f"*{LOCK_SUFFIX}")) == [theirs]  # ours released, theirs kept
 
 
+def test_a_fold_whose_lock_cannot_be_taken_is_skipped_in_one_line_and_the_others_train(tmp_path, fake_train,
+                                                                                         monkeypatch):
+    first, unlockable, *_ = runs = make_study(tmp_path / "nnUNet_results", (0, 1)).runs()
+    acquire = local.acquire
+
+    def read_only(path, echo):
+        if path == lock_path(unlockable.fold_folder):
+            raise PermissionError(13, "Permission denied", str(path))
+        return acquire(path, echo)
+
+    monkeypatch.setattr(local, "acquire", read_only)
+    lines = []
+    env = {**os.environ, "FAKE_RECORDS": str(fake_train)}
+    exit_codes = local.run_local(runs, "cpu", None, tmp_path / "logs", env, lines.append)
+    assert set(exit_codes) == {first, *runs[2:]} and len(recorded(fake_train)) == 3
+    path = lock_path(unlockable.fold_folder)
+    assert [line for line in lines if line.startswith("[skipped")] == [
+        f"[skipped 2/4] {unlockable.label}: cannot take the lock {path}: [Errno 13] Permission denied: '{path}'"]
+    assert lines[-1] == "3 of 4 trainings finished, 1 not started (lock error)"
+
+
 def test_trainers_with_different_splits_are_refused_before_anything_trains(folders, tmp_path, fake_train):
     preprocessed, results = folders
     stock, dca = (Run(results, DATASET, "2d", trainer, "nnUNetPlans", 0) for trainer in TRAINERS)

@@ -22,7 +22,9 @@ from nnunet_dca.compare.study import CONTINUE_OPTIONS, DONE, RESUME, VALIDATE, R
 from nnunet_dca.demo import nnunet_command
 
 POLL_SECONDS = 1.0  # how often the running trainings are checked; trainings take minutes to days
-TERMINATE_SECONDS = 30.0  # how long a training may take to exit after Ctrl-C before it is killed
+# how long a training may take to exit after Ctrl-C or SIGTERM before it is killed: 20 s, under SLURM's default
+# KillWait of 30 s between a task's SIGTERM and its SIGKILL, so train-fold has time left to release the fold's lock
+TERMINATE_SECONDS = 20.0
 STARTED_WORDS = {VALIDATE: " (validation only, --val)", RESUME: " (resumes with --c)"}
 
 
@@ -67,18 +69,23 @@ def run_local(runs: Sequence[Run], device: str, gpus: Sequence[str] | None, logs
     slots: list[str | None] = list(gpus) if gpus else [None]
     running: dict[str | None, _Job] = {}
     exit_codes: dict[Run, int] = {}
-    skipped = held = 0
+    skipped = held = unlockable = 0
     try:
         while waiting or running:
             for gpu in slots:
                 while gpu not in running and waiting:
                     number, run = waiting.popleft()
+                    path = lock_path(run.fold_folder)
                     try:
-                        lock = acquire(lock_path(run.fold_folder), echo)
+                        lock = acquire(path, echo)
                     except LockHeld as busy:
                         held += 1
                         echo(f"[skipped {number}/{total}] {run.label}: being trained by {busy.holder} "
                              f"(lock {busy.path})")
+                        continue
+                    except (OSError, ValueError) as error:  # a read-only or full filesystem, say: the others may go
+                        unlockable += 1
+                        echo(f"[skipped {number}/{total}] {run.label}: cannot take the lock {path}: {error}")
                         continue
                     state = run.state  # read under the lock: a holder before may have finished the fold
                     if state == DONE:
@@ -99,7 +106,8 @@ def run_local(runs: Sequence[Run], device: str, gpus: Sequence[str] | None, logs
                     del running[gpu]
                     job.end()
                     exit_codes[job.run] = job.process.returncode
-                    echo(f"[finished {len(exit_codes) + skipped + held}/{total}] {job.run.label} {_outcome(job)}")
+                    done = len(exit_codes) + skipped + held + unlockable
+                    echo(f"[finished {done}/{total}] {job.run.label} {_outcome(job)}")
     except BaseException:  # Ctrl-C above all: no training may outlive the command that started it
         for job in running.values():
             job.process.terminate()
@@ -115,7 +123,9 @@ def run_local(runs: Sequence[Run], device: str, gpus: Sequence[str] | None, logs
     failed = sum(code != 0 for code in exit_codes.values())
     echo(f"{len(exit_codes) - failed} of {total} trainings finished"
          + (f", {skipped} validated meanwhile elsewhere" if skipped else "")
-         + (f", {held} being trained elsewhere" if held else "") + (f", {failed} FAILED" if failed else ""))
+         + (f", {held} being trained elsewhere" if held else "")
+         + (f", {unlockable} not started (lock error)" if unlockable else "")
+         + (f", {failed} FAILED" if failed else ""))
     return exit_codes
 
 

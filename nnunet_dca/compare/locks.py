@@ -97,7 +97,12 @@ def acquire(path: Path, echo: Callable[[str], None] = print) -> FoldLock:
         except FileExistsError:
             pass
         else:
-            _write(fd, record)
+            try:
+                _write(fd, record)
+            except BaseException:  # a full or read-only filesystem, say: no empty lock left behind
+                os.close(fd)
+                os.unlink(path)
+                raise
             return FoldLock(path, fd, record)
         try:
             found, judged = _read(path)
