@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_dca.compare import slurm
+from nnunet_dca.compare import local, slurm
 from nnunet_dca.compare.locks import lock_path
 from nnunet_dca.compare.slurm import SlurmError, SlurmOptions, array_script, nnunet_environment, submit
 from nnunet_dca.compare.study import CHECKPOINT_FINAL, CHECKPOINT_LATEST, DONE, SUMMARY, Run
@@ -205,6 +206,16 @@ def test_a_task_stopped_by_sigterm_stops_its_training_and_releases_the_lock(resu
         task.kill()
     assert not lock_path(run.fold_folder).exists() and run.state != DONE
     assert "stopped: 1 running training(s) terminated" in (tmp_path / "task.log").read_text()
+
+
+def test_a_second_sigterm_cannot_cut_the_cleanup_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first SIGTERM ends train-fold as Ctrl-C would; any later one is ignored while the lock is released."""
+    handlers: list = []
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: handlers.append((signum, handler)))
+    with pytest.raises(SystemExit) as ended:
+        slurm._exit_on_sigterm(signal.SIGTERM, None)
+    assert ended.value.code == 143 and handlers == [(signal.SIGTERM, signal.SIG_IGN)]
+    assert local.TERMINATE_SECONDS < 30  # cleanup done before SLURM's default KillWait sends SIGKILL
 
 
 def test_nnunet_environment() -> None:

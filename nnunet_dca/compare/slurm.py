@@ -107,6 +107,10 @@ def train_fold(run: Run, device: str) -> int:
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """Ends train-fold as Ctrl-C would, once: a second SIGTERM (scancel twice, say) is ignored, so it cannot cut
+    short the cleanup that stops the training and releases the fold's lock (local.TERMINATE_SECONDS, under SLURM's
+    default KillWait of 30 s)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(128 + signum)  # the exit status a shell reports for a command ended by the signal
 
 
