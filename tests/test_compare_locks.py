@@ -122,6 +122,15 @@ def test_a_process_of_another_pid_namespace_or_boot_is_judged_by_its_heartbeat(p
     assert len(lines) == 1 and lines[0].endswith(": no heartbeat for 11 min (stale after 10)")
 
 
+def age_and_acquire(path) -> list[str]:
+    """Ages the lock file past STALE_SECONDS, takes the lock over and releases it; returns the lines said."""
+    old = time.time() - locks.STALE_SECONDS - 60
+    os.utime(path, (old, old))
+    lines = []
+    acquire(path, lines.append).release()
+    return lines
+
+
 @pytest.mark.parametrize("damage", [{"slurm_restart_count": "x"}, {"slurm_restart_count": "1", "slurm_job_id": 4712},
                                     {"started": "yesterday"}, {"pid": 0}, {"pid": "4711"}, {"boot_id": 7}])
 def test_a_lock_with_a_damaged_field_is_an_unknown_holders_judged_by_its_age(path, monkeypatch, damage):
@@ -131,10 +140,7 @@ def test_a_lock_with_a_damaged_field_is_an_unknown_holders_judged_by_its_age(pat
     write_lock(path, **{"slurm_job_id": "4712", **damage})
     with pytest.raises(LockHeld, match="an unknown process"):
         acquire(path)
-    old = time.time() - locks.STALE_SECONDS - 60
-    os.utime(path, (old, old))
-    lines = []
-    acquire(path, lines.append).release()
+    lines = age_and_acquire(path)
     assert len(lines) == 1 and "an unknown process" in lines[0] and "no heartbeat for 11 min" in lines[0]
 
 
@@ -160,11 +166,7 @@ def test_an_unreadable_lock_is_judged_by_its_age(path):
     path.write_text("")  # as its creator leaves it for a moment, or dies leaving it
     with pytest.raises(LockHeld, match="an unknown process"):
         acquire(path)
-    old = time.time() - locks.STALE_SECONDS - 60
-    os.utime(path, (old, old))
-    lines = []
-    acquire(path, lines.append).release()
-    assert "no heartbeat for 11 min" in lines[0]
+    assert "no heartbeat for 11 min" in age_and_acquire(path)[0]
 
 
 @pytest.mark.parametrize("squeue, ended", [("echo COMPLETED", True), ("echo RUNNING", False),
