@@ -23,8 +23,9 @@ from nnunet_dca.dca import DCA, upsample_linear
 
 @dataclass
 class StageRecord:
-    """One stage's record of the last forward pass of Dual Cross-Attention (Ates, Mohan, Celik 2023), detached. Shapes: skip, branch, refined (B, C_i, *spatial_i);
-    channel_attention per block (B, h, C_i/h, C_sum/h); spatial_attention per block (B, h, N, N)."""
+    """One stage's record of the last forward pass of Dual Cross-Attention (Ates, Mohan, Celik 2023), detached.
+    Shapes: skip, branch, refined (B, C_i, *spatial_i); channel_attention per block (B, h, C_i/h, C_sum/h);
+    spatial_attention per block (B, h, N, N)."""
 
     skip: torch.Tensor | None = None
     branch: torch.Tensor | None = None  # the refined tokens' 1x1 conv, upsampled to the skip's size

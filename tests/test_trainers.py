@@ -280,4 +280,5 @@ def test_a_model_folder_saved_before_the_merge_key_builds_and_continues_as_the_p
     plans = copy.deepcopy(legacy.plans_manager.plans)
     del plans["configurations"]["2d"][RESOLVED_KEY]
     plans["configurations"]["2d"]["dca"] = {"merge": "paper"}
-    assert new_trainer(plans=plans, fold=1).plans_manager.plans["configurations"]["2d"][RESOLVED_KEY]["merge"] == "paper"
+    continued = new_trainer(plans=plans, fold=1)
+    assert continued.plans_manager.plans["configurations"]["2d"][RESOLVED_KEY]["merge"] == "paper"
