@@ -191,7 +191,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_train_fold(args: argparse.Namespace) -> int:
     from nnunet_dca.compare.slurm import train_fold
-    from nnunet_dca.compare.study import Run, folder_from_environment
+    from nnunet_dca.compare.study import Run
+    from nnunet_dca.folders import folder_from_environment
 
     try:
         run = Run(folder_from_environment("nnUNet_results"), args.dataset, args.configuration, args.trainer,

@@ -60,14 +60,22 @@ _NO_MIRRORING = '''
 '''
 
 
+def _batch_size_line(batch_size: int | None) -> str:
+    # a new configuration manager: the plans the trainer saves into the model folder stay as they are
+    return "" if batch_size is None else (
+        f"        self.configuration_manager = type(self.configuration_manager)(\n"
+        f"            {{**self.configuration_manager.configuration, 'batch_size': {batch_size}}})\n")
+
+
 def write_short_trainer(folder: Path, name: str, iterations: int, epochs: int = 1,
                         base: str = "nnunet_dca.trainers.nnUNetTrainerDCA.nnUNetTrainerDCA",
-                        mirroring: bool = True) -> Path:
+                        mirroring: bool = True, batch_size: int | None = None) -> Path:
     """Writes `folder/name.py`: a subclass of `base` (a dotted class path) training `epochs` x `iterations`.
 
     For a folder on `nnUNet_extTrainer`. Validation during training runs a tenth as many iterations.
     `mirroring=False` turns mirroring off in training and prediction, as nnU-Net's nnUNetTrainerNoMirroring does:
-    the final validation of a 3D model then predicts each tile once instead of eight times.
+    the final validation of a 3D model then predicts each tile once instead of eight times. `batch_size` replaces
+    the plans' batch size (the model folder's plans.json keeps the plans').
     """
     module, base_class = base.rsplit(".", 1)
     path = Path(folder) / f"{name}.py"
@@ -87,7 +95,7 @@ def write_short_trainer(folder: Path, name: str, iterations: int, epochs: int = 
                 self.num_epochs = {epochs}
                 self.num_iterations_per_epoch = {iterations}
                 self.num_val_iterations_per_epoch = {max(1, iterations // 10)}
-        ''') + ("" if mirroring else _NO_MIRRORING))
+        ''') + _batch_size_line(batch_size) + ("" if mirroring else _NO_MIRRORING))
     return path
 
 

@@ -162,7 +162,7 @@ def trained_model_folders(plans_file: str, configuration: str) -> list[str]:
     (nnUNet_preprocessed/DATASET/PLANS.json -> nnUNet_results/DATASET/TRAINER__PLANS__CONFIGURATION).
     Nothing is found where nnUNet_results is not set: nnU-Net trains nowhere then.
     """
-    # read at the call, as compare's folder_from_environment does: the cli and tests export it after nnunetv2's import
+    # read at the call, as nnunet_dca.folders does: the cli and tests export it after nnunetv2's import
     results = os.environ.get("nnUNet_results")
     if not results:
         return []

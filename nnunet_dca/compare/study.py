@@ -12,6 +12,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from nnunet_dca.folders import FolderError, find_dataset_name, folder_from_environment
 from nnunet_dca.plans import CHECKPOINT_FINAL, CHECKPOINT_LATEST, load_plans
 from nnunet_dca.trainers import trainer_dir
 from nnunet_dca.warm_start import find_trainer_class
@@ -137,12 +138,20 @@ def resolve_study(datasets: Sequence[str | int], configurations: Sequence[str], 
     than two trainers, anything given twice, and a model folder trained with other plans. Reads only; whether the
     preprocessed data for training is there is check_preprocessed's question.
     """
-    results = Path(results) if results is not None else folder_from_environment("nnUNet_results")
-    preprocessed = Path(preprocessed) if preprocessed is not None else folder_from_environment("nnUNet_preprocessed")
-    if len(trainers) < 2:
-        raise StudyError(f"compare needs at least two trainers, the baseline first (e.g. --trainers nnUNetTrainer "
-                         f"nnUNetTrainerDCA); got {' '.join(trainers) or 'none'}")
-    names = [_dataset_name(dataset, results, preprocessed) for dataset in datasets]
+    try:
+        results = Path(results) if results is not None else folder_from_environment("nnUNet_results")
+        preprocessed = (Path(preprocessed) if preprocessed is not None
+                        else folder_from_environment("nnUNet_preprocessed"))
+        if len(trainers) < 2:
+            raise StudyError(f"compare needs at least two trainers, the baseline first (e.g. --trainers "
+                             f"nnUNetTrainer nnUNetTrainerDCA); got {' '.join(trainers) or 'none'}")
+        # nnUNet_raw is not searched: a dataset that is only there is neither planned nor trained
+        names = [find_dataset_name(dataset, {"nnUNet_preprocessed": preprocessed, "nnUNet_results": results},
+                                   f"a dataset planned there (nnUNetv2_plan_and_preprocess -d "
+                                   f"{int(dataset) if str(dataset).isdigit() else 'ID'})")
+                 for dataset in datasets]
+    except FolderError as e:
+        raise StudyError(str(e)) from e
     for what, values in (("dataset", names), ("configuration", configurations), ("trainer", trainers),
                          ("fold", folds)):
         _refuse_duplicates(what, list(values))
@@ -204,40 +213,6 @@ def load_plans_or_refuse(plans_file: Path) -> dict:
         return load_plans(str(plans_file))
     except ValueError as e:  # load_plans' messages already say what to do
         raise StudyError(str(e)) from e
-
-
-def folder_from_environment(variable: str) -> Path:
-    # read at the call, not from nnunetv2.paths: tests and the cli set the folders after nnunetv2 is imported
-    value = os.environ.get(variable)
-    if not value:
-        raise StudyError(f"{variable} is not set: export it as for nnUNetv2_train (nnU-Net's "
-                         f"documentation/setting_up_paths.md)")
-    return Path(value)
-
-
-def _dataset_name(dataset: str | int, results: Path, preprocessed: Path) -> str:
-    """nnU-Net's name of a dataset given by id or name, found as nnU-Net's maybe_convert_to_dataset_name finds it
-    (a DatasetXXX_ folder), but in this study's folders rather than the exported ones. nnUNet_raw is not searched:
-    a dataset that is only there is neither planned nor trained."""
-    given = str(dataset)
-    if given.startswith("Dataset"):
-        pattern = given
-    else:
-        try:
-            pattern = f"Dataset{int(given):03d}_*"
-        except ValueError:
-            raise StudyError(f"{given!r} is no dataset: give its id (e.g. 4) or its name "
-                             f"(e.g. Dataset004_Hippocampus)") from None
-    found = sorted({path.name for folder in (preprocessed, results) for path in folder.glob(pattern)
-                    if path.is_dir()})
-    if not found:
-        raise StudyError(f"unknown dataset {given}: it is neither in nnUNet_preprocessed={preprocessed} nor in "
-                         f"nnUNet_results={results}; give a dataset planned there (nnUNetv2_plan_and_preprocess -d "
-                         f"{int(given) if given.isdigit() else 'ID'}), or export the folders it is in")
-    if len(found) > 1:
-        raise StudyError(f"dataset id {given} names {' and '.join(found)}: give the full name, or rename one "
-                         f"(nnU-Net needs dataset ids to be unique)")
-    return found[0]
 
 
 def _plan_and_preprocess_command(study: Study, dataset: str) -> str:
