@@ -1,5 +1,5 @@
-"""The `nnunet-dca` command: trainer-dir, doctor, add-config, warm-start, compare and demo (and train-fold, left out
-of --help, what each task of compare's SLURM job array runs).
+"""The `nnunet-dca` command: trainer-dir, doctor, add-config, warm-start, compare, attention and demo (and
+train-fold, left out of --help, what each task of compare's SLURM job array runs).
 
 Training, prediction and everything else stay nnU-Net's own commands (`nnUNetv2_*`); this command helps to set
 them up, and compare runs nnUNetv2_train for the folds a comparison misses. User errors go to stderr as one line,
@@ -202,6 +202,34 @@ def cmd_train_fold(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
 
 
+def cmd_attention(args: argparse.Namespace) -> int:
+    # imported here: nnU-Net, torch and matplotlib take seconds to import, and the other commands need none of it
+    from nnunet_dca.attention import Request, run_attention
+
+    request = Request(args.dataset, args.configuration, args.trainer, args.plans, args.fold, args.checkpoint,
+                      args.images, Path(args.out), args.query, args.query_label, args.label, args.device,
+                      args.overwrite)
+    try:
+        result = run_attention(request)
+    except USER_ERRORS as e:
+        raise UsageError(str(e)) from e
+    query = result["query"]
+    print(f"{result['case']}: query at image voxel {query['image_voxel']} (Z Y X; from {query['from']}), token "
+          f"{query['token']} of the {'x'.join(map(str, result['token_grid']))} grid")
+    for stage in result["stages"]:
+        spatial = [head["entropy"] for block in stage["blocks"] for head in block.get("spatial_attention", [])]
+        entropy = f", spatial attention entropy {min(spatial):.2f}-{max(spatial):.2f} nats" if spatial else ""
+        print(f"  stage {stage['stage']}: skip change rms {stage['skip_change_rms']:.3f} of the skip{entropy}")
+    print(f"Wrote {', '.join(result['pictures'].values())}, attention.json and attention.npz to {args.out}")
+    return 0
+
+
+def _fold_or_all(value: str) -> str:
+    if value != "all" and not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a fold number (e.g. 0) or 'all', got {value!r}")
+    return value
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
         run_demo(Path(args.out), args.device, args.iterations)
@@ -338,6 +366,39 @@ def build_parser() -> argparse.ArgumentParser:
     train_fold.add_argument("-p", dest="plans", required=True)
     train_fold.add_argument("-device", "--device", dest="device", choices=("cuda", "cpu", "mps"), default="cuda")
     train_fold.set_defaults(func=cmd_train_fold)
+
+    attention = commands.add_parser(
+        "attention", help="pictures of what a trained model's DCA attends to in one case",
+        description="Load a trained DCA model as nnUNetv2_predict does, preprocess one case as nnU-Net does, run the "
+                    "network on the sliding-window tile that holds the query voxel with DCA's attention recorded, and "
+                    "write into OUT: overview.png, spatial_attention.png, channel_attention.png, skip_change.png, "
+                    "attention.json and attention.npz (docs/attention.md says what each holds).")
+    attention.add_argument("-d", dest="dataset", required=True, metavar="DATASET",
+                           help="dataset id or name, e.g. 4 or Dataset004_Hippocampus (in nnUNet_results)")
+    attention.add_argument("-c", dest="configuration", required=True, metavar="CONFIGURATION",
+                           help="the trained configuration, e.g. 2d, 3d_fullres, or one made by add-config")
+    attention.add_argument("-tr", dest="trainer", default="nnUNetTrainerDCA",
+                           help="the trainer (default: nnUNetTrainerDCA)")
+    attention.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    attention.add_argument("-f", dest="fold", type=_fold_or_all, default="0", help="the fold (default: 0)")
+    attention.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth",
+                           help="the checkpoint in the fold's folder (default: checkpoint_final.pth)")
+    attention.add_argument("-i", dest="images", nargs="+", required=True, metavar="IMAGE",
+                           help="the files of one case, one per channel, named as in imagesTs (CASE_0000.nii.gz ...)")
+    attention.add_argument("-o", dest="out", required=True, metavar="OUT", help="folder for the pictures and numbers")
+    where = attention.add_mutually_exclusive_group()
+    where.add_argument("--query", type=int, nargs="+", metavar="Z Y X",
+                       help="the query voxel in the image, 0-based array indices as nnU-Net's image reader orders "
+                            "them (z y x for NIfTI; y x for a 2D image)")
+    where.add_argument("--query-label", dest="query_label", metavar="L",
+                       help="the query at the centroid of label L (value or name) in the model's own prediction")
+    attention.add_argument("--label", metavar="FILE", help="the case's reference segmentation, drawn beside the "
+                                                         "prediction")
+    attention.add_argument("-device", "--device", dest="device", choices=("cuda", "cpu"), default="cuda",
+                           help="device of the network (default: cuda, as nnUNetv2_predict)")
+    attention.add_argument("--overwrite", action="store_true",
+                           help="replace the pictures and numbers of an earlier run in OUT (nothing else there)")
+    attention.set_defaults(func=cmd_attention)
 
     demo = commands.add_parser(
         "demo", help="train and evaluate DCA on a synthetic MSD task with nnU-Net's own commands",

@@ -14,7 +14,7 @@ from typing import Mapping
 
 import pytest
 
-from nnunet_dca.demo import DEMO_SETTINGS, DemoLayout, nnunet_command, write_short_trainer
+from nnunet_dca.demo import DEMO_SETTINGS, PLANNING_SETTINGS, TASK_ID, DemoLayout, nnunet_command, write_short_trainer
 
 DEMO_ITERATIONS = 3
 # trainers of one epoch of one iteration, written next to the demo's trainer (first on nnUNet_extTrainer)
@@ -58,3 +58,22 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
                         base="nnunetv2.training.nnUNetTrainer.nnUNetTrainer.nnUNetTrainer")
     return Demo(layout, output)
 
+
+
+def model_folder(demo: Demo, trainer: str, configuration: str, plans: str = "nnUNetPlans") -> Path:
+    return demo.layout.results / demo.layout.dataset_name / f"{trainer}__{plans}__{configuration}"
+
+
+@pytest.fixture(scope="session")
+def stock_2d_model(demo: Demo) -> Path:
+    """The model folder of STOCK_STEP_TRAINER (stock nnUNetTrainer, one iteration) on the demo's 2d, fold 0."""
+    run(["nnUNetv2_train", TASK_ID, "2d", 0, "-tr", STOCK_STEP_TRAINER, "-device", "cpu"], demo.env())
+    return model_folder(demo, STOCK_STEP_TRAINER, "2d")
+
+
+@pytest.fixture(scope="session")
+def dca_3d_fullres_model(demo: Demo) -> Path:
+    """The model folder of DCA_STEP_TRAINER (nnUNetTrainerDCA, one iteration) on the demo's 3d_fullres, fold 0."""
+    run(["nnUNetv2_preprocess", "-d", TASK_ID, "-c", "3d_fullres", "-np", 1], demo.env(PLANNING_SETTINGS))
+    run(["nnUNetv2_train", TASK_ID, "3d_fullres", 0, "-tr", DCA_STEP_TRAINER, "-device", "cpu"], demo.env())
+    return model_folder(demo, DCA_STEP_TRAINER, "3d_fullres")

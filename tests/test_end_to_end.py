@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import DCA_STEP_TRAINER, DEMO_ITERATIONS, STOCK_STEP_TRAINER, Demo, run
+from conftest import DCA_STEP_TRAINER, DEMO_ITERATIONS, STOCK_STEP_TRAINER, model_folder, run
 from nnunet_dca.demo import DEMO_TRAINER, PLANNING_SETTINGS, TASK_ID, write_short_trainer
 from nnunet_dca.msd import LABELS
 
@@ -38,10 +38,6 @@ def assert_same_geometry(segmentation: Path, reference: Path) -> None:
     np.testing.assert_allclose(seg.GetOrigin(), ref.GetOrigin(), atol=1e-4, err_msg=segmentation.name)
     np.testing.assert_allclose(seg.GetDirection(), ref.GetDirection(), atol=1e-6, err_msg=segmentation.name)
     assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {int(label) for label in LABELS}, segmentation.name
-
-
-def model_folder(demo: Demo, trainer: str, configuration: str, plans: str = "nnUNetPlans") -> Path:
-    return demo.layout.results / demo.layout.dataset_name / f"{trainer}__{plans}__{configuration}"
 
 
 def test_the_demo_scores_every_label_on_the_held_out_test_images(demo):
@@ -102,10 +98,9 @@ def test_plans_only_route_trains_with_a_stock_trainer_and_predicts_from_an_insta
         assert_same_geometry(tmp_path / "pred" / reference.name, reference)
 
 
-def test_a_stock_model_fine_tunes_with_dca_through_pretrained_weights(demo, tmp_path):
+def test_a_stock_model_fine_tunes_with_dca_through_pretrained_weights(demo, stock_2d_model, tmp_path):
     env = demo.env()
-    run(["nnUNetv2_train", TASK_ID, "2d", 0, "-tr", STOCK_STEP_TRAINER, *CPU], env)
-    stock_checkpoint = model_folder(demo, STOCK_STEP_TRAINER, "2d") / "fold_0" / "checkpoint_final.pth"
+    stock_checkpoint = stock_2d_model / "fold_0" / "checkpoint_final.pth"
     warm = tmp_path / "warm.pth"
     # DCA_STEP_TRAINER, a subclass of nnUNetTrainerDCA on nnUNet_extTrainer, found as nnUNetv2_train finds it
     output = run(["nnunet-dca", "warm-start", stock_checkpoint, "-d", TASK_ID, "-c", "2d", "-tr", DCA_STEP_TRAINER,
@@ -133,10 +128,8 @@ def test_a_resenc_plan_trains_dca(demo):
     assert any(key.startswith("encoder.stem.") for key in checkpoint["network_weights"])  # a residual encoder
 
 
-def test_3d_fullres_trains_dca_and_keeps_geometry(demo):
-    run(["nnUNetv2_preprocess", "-d", TASK_ID, "-c", "3d_fullres", "-np", 1], demo.env(PLANNING_SETTINGS))
-    run(["nnUNetv2_train", TASK_ID, "3d_fullres", 0, "-tr", DCA_STEP_TRAINER, *CPU], demo.env())
-    model = model_folder(demo, DCA_STEP_TRAINER, "3d_fullres")
+def test_3d_fullres_trains_dca_and_keeps_geometry(demo, dca_3d_fullres_model):
+    model = dca_3d_fullres_model
     assert any(value.ndim == 5 for value in dca_weights(final_checkpoint(model)).values())  # 3D convolutions
     validation = sorted((model / "fold_0" / "validation").glob("*.nii.gz"))
     assert validation

@@ -1,0 +1,11 @@
+"""`nnunet-dca attention`: what a trained model's DCA attends to in one case, as pictures and numbers.
+
+model.py loads the model as nnUNetv2_predict does, case.py reads and preprocesses the case as nnU-Net does, tile.py
+picks the query and the sliding-window tile holding it, record.py runs the network there with DCA's recorder on,
+figures.py draws, run.py ties them together.
+"""
+
+from nnunet_dca.attention.model import AttentionError
+from nnunet_dca.attention.run import Request, run_attention
+
+__all__ = ["AttentionError", "Request", "run_attention"]

@@ -1,0 +1,143 @@
+"""The attention pictures, PNG on matplotlib's Agg canvas, each a grid of panels of PANEL_PIXELS x PANEL_PIXELS.
+
+Every picture is drawn in the preprocessed voxels the network sees (the plans' transpose, the crop to the nonzero
+region, the resampling), rows down and columns across as in nnU-Net's arrays, through the query's slice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from nnunet_dca.attention.record import TileRecord, channel_matrix, skip_change
+from nnunet_dca.attention.tile import Tile
+
+PANEL_PIXELS = 300
+DPI = 100
+QUERY_MARKER = {"marker": "+", "color": "cyan", "markersize": 12, "markeredgewidth": 2}
+LABEL_COLOURS = ListedColormap(["black", "tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple", "tab:brown",
+                                "tab:pink", "tab:olive", "tab:cyan"])
+
+
+def overview(path: Path, data: np.ndarray, channel_names: Sequence[str], prediction: np.ndarray,
+             reference: np.ndarray | None, tile: Tile, query: Sequence[int], title: str) -> Path:
+    """One row: each image channel, the prediction and the reference (if given) through the query's slice (Z), the
+    tile outlined and the query marked. data (C, Z, Y, X); prediction, reference (Z, Y, X)."""
+    maps = [(f"image: {name}", data[c, query[0]], "gray") for c, name in enumerate(channel_names)]
+    maps.append(("prediction", prediction[query[0]], LABEL_COLOURS))
+    if reference is not None:
+        maps.append(("reference (--label)", reference[query[0]], LABEL_COLOURS))
+    figure, axes = _panels(1, len(maps), title)
+    in_plane_start, in_plane_size = tile.start[-2:], tile.size[-2:]
+    for axis, (name, image, colours) in zip(axes[0], maps):
+        labels = colours is LABEL_COLOURS
+        axis.imshow(image, cmap=colours, interpolation="nearest", vmin=0 if labels else None,
+                    vmax=LABEL_COLOURS.N - 1 if labels else None)
+        axis.add_patch(Rectangle((in_plane_start[1] - 0.5, in_plane_start[0] - 0.5), in_plane_size[1],
+                                 in_plane_size[0], fill=False, edgecolor="yellow", linewidth=1.5))
+        axis.plot(query[2], query[1], **QUERY_MARKER)
+        axis.set_title(name, fontsize="small")
+    return _save(figure, path)
+
+
+def spatial_attention(path: Path, record: TileRecord, tile: Tile, tile_image: np.ndarray, title: str) -> Path:
+    """Rows: stage (and block), columns: head. The query token's attention over the token grid (the token plane
+    through the query in 3D), drawn over the tile's image (Y, X) at the tokens' pooling windows."""
+    rows = [(stage, block, weights) for stage, record_stage in enumerate(record.stages)
+            for block, weights in enumerate(record_stage.spatial_attention)]
+    heads = max((weights.shape[1] for _, _, weights in rows), default=1)
+    figure, axes = _panels(max(len(rows), 1), heads, title)
+    height, width = tile_image.shape
+    for row, (stage, block, weights) in enumerate(rows):
+        maps = weights[0, :, record.query_index].reshape(-1, *record.grid)  # (h, *grid)
+        if len(record.grid) == 3:
+            maps = maps[:, record.query_token[0]]
+        for head, attention in enumerate(maps):
+            axis = axes[row][head]
+            axis.imshow(tile_image, cmap="gray", interpolation="nearest")
+            shown = axis.imshow(attention.numpy(), cmap="inferno", alpha=0.6, interpolation="nearest",
+                                extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+            figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.02)
+            axis.plot(tile.query[-1], tile.query[-2], **QUERY_MARKER)
+            axis.set_title(f"stage {stage}{_block(block, record)} head {head}: max p {float(attention.max()):.3f}",
+                           fontsize="small")
+        for axis in axes[row][len(maps):]:  # a stage with fewer heads than another
+            axis.set_axis_off()
+    return _save(figure, path)
+
+
+def channel_attention(path: Path, record: TileRecord, features: Sequence[int], title: str) -> Path:
+    """Rows: stage (and block). Each stage's C_i x C_sum channel attention; the columns of each stage's channels
+    between white lines."""
+    rows = [(stage, block, weights) for stage, record_stage in enumerate(record.stages)
+            for block, weights in enumerate(record_stage.channel_attention)]
+    figure, axes = _panels(max(len(rows), 1), 2, title, merge_columns=True)
+    bounds = np.cumsum([0, *features])
+    for row, (stage, block, weights) in enumerate(rows):
+        axis = axes[row][0]
+        shown = axis.imshow(channel_matrix(weights[0]).numpy(), cmap="viridis", aspect="auto",
+                            interpolation="nearest")
+        figure.colorbar(shown, ax=axis, fraction=0.03, pad=0.01)
+        for bound in bounds[1:-1]:
+            axis.axvline(bound - 0.5, color="white", linewidth=1)
+        axis.set_xticks((bounds[:-1] + bounds[1:]) / 2 - 0.5, [f"stage {j}" for j in range(len(features))],
+                        fontsize="small")
+        axis.set_ylabel(f"stage {stage}{_block(block, record)}\nchannels", fontsize="small")
+    return _save(figure, path)
+
+
+def skip_changes(path: Path, record: TileRecord, tile: Tile, summary: Sequence[dict], title: str) -> Path:
+    """One panel per stage: |refined skip - skip|, mean over channels, at the skip's resolution over the tile's
+    slice through the query, the query marked."""
+    figure, axes = _panels(1, len(record.stages), title)
+    for axis, stage, numbers in zip(axes[0], record.stages, summary):
+        change = skip_change(stage)
+        if change.dim() == 3:  # the skip's slice through the query
+            change = change[min(tile.query[0] * change.shape[0] // tile.size[0], change.shape[0] - 1)]
+        height, width = tile.size[-2:]
+        shown = axis.imshow(change.numpy(), cmap="magma", interpolation="nearest",
+                            extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+        figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.02)
+        axis.plot(tile.query[-1], tile.query[-2], **QUERY_MARKER)
+        axis.set_title(f"stage {numbers['stage']}: rms change / rms skip {numbers['skip_change_rms']:.3f}",
+                       fontsize="small")
+    return _save(figure, path)
+
+
+def tile_slice(tile_input: torch.Tensor, tile: Tile) -> np.ndarray:
+    """The tile's first image channel through the query, (Y, X)."""
+    image = tile_input[0, 0]
+    return (image[tile.query[0]] if image.dim() == 3 else image).float().numpy()
+
+
+def picture_size(rows: int, columns: int) -> tuple[int, int]:
+    """(width, height) in pixels of a picture of rows x columns panels."""
+    return columns * PANEL_PIXELS, rows * PANEL_PIXELS
+
+
+def _block(block: int, record: TileRecord) -> str:
+    blocks = max(len(stage.spatial_attention) or len(stage.channel_attention) for stage in record.stages)
+    return f" block {block}" if blocks > 1 else ""
+
+
+def _panels(rows: int, columns: int, title: str, merge_columns: bool = False) -> tuple[Figure, list[list]]:
+    width, height = picture_size(rows, columns)
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+    figure.suptitle(title, fontsize="small")
+    axes = figure.subplots(rows, 1 if merge_columns else columns, squeeze=False)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    return figure, axes.tolist()
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    FigureCanvasAgg(figure).print_png(path)
+    return path
