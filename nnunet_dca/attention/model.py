@@ -61,10 +61,11 @@ def load_model(dataset: str, configuration: str, trainer: str, plans: str, fold:
         raise AttentionError(f"no checkpoint {checkpoint} in {fold_folder}; there are {', '.join(saved) or 'none'} "
                              f"(training writes checkpoint_final.pth when it ends); pick one with -chk")
     torch_device = _device(device)
-    predictor = nnUNetPredictor(perform_everything_on_device=torch_device.type == "cuda", device=torch_device,
-                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates torch.compile
+        # nnU-Net narrates: on a CPU, that it computes there; torch.compile
+        with contextlib.redirect_stdout(io.StringIO()):
+            predictor = nnUNetPredictor(device=torch_device, verbose=False, verbose_preprocessing=False,
+                                        allow_tqdm=False)
             predictor.initialize_from_trained_model_folder(str(folder), (fold if fold == "all" else int(fold),),
                                                            checkpoint)
     except RuntimeError as e:  # the trainer class not found, weights that do not fit the network
