@@ -9,6 +9,7 @@ Skip them with `python -m pytest -m "not e2e"`.
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -77,3 +78,18 @@ def dca_3d_fullres_model(demo: Demo) -> Path:
     run(["nnUNetv2_preprocess", "-d", TASK_ID, "-c", "3d_fullres", "-np", 1], demo.env(PLANNING_SETTINGS))
     run(["nnUNetv2_train", TASK_ID, "3d_fullres", 0, "-tr", DCA_STEP_TRAINER, "-device", "cpu"], demo.env())
     return model_folder(demo, DCA_STEP_TRAINER, "3d_fullres")
+
+
+@dataclass(frozen=True)
+class PlansOnlyModel:
+    folder: Path  # the model folder
+    add_config_output: str  # what nnunet-dca add-config printed
+
+
+@pytest.fixture(scope="session")
+def plans_only_2d_model(demo: Demo) -> PlansOnlyModel:
+    """The plans-only route: the demo's plans get 2d_dca (nnunet-dca add-config), trained by STOCK_STEP_TRAINER
+    (stock nnUNetTrainer, one iteration) on fold 0."""
+    output = run(["nnunet-dca", "add-config", TASK_ID, "--name", "2d_dca"], demo.env())
+    run(["nnUNetv2_train", TASK_ID, "2d_dca", 0, "-tr", STOCK_STEP_TRAINER, "-device", "cpu"], demo.env())
+    return PlansOnlyModel(model_folder(demo, STOCK_STEP_TRAINER, "2d_dca"), output)

@@ -12,7 +12,7 @@ import torch
 from matplotlib.image import imread
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-from conftest import DCA_STEP_TRAINER, Demo, run
+from conftest import DCA_STEP_TRAINER, STOCK_STEP_TRAINER, Demo, run
 from nnunet_dca.attention import AttentionError
 from nnunet_dca.attention.case import VoxelMap, read_case
 from nnunet_dca.attention.figures import PANEL_PIXELS
@@ -114,16 +114,20 @@ def use_demo_folders(demo: Demo, monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.setenv(key, value)
 
 
-MODELS = {"2d": DEMO_TRAINER, "3d_fullres": DCA_STEP_TRAINER}
+# configuration: (trainer, the fixture that trains it); the demo's 2d model comes with the demo
+MODELS = {"2d": (DEMO_TRAINER, None), "3d_fullres": (DCA_STEP_TRAINER, "dca_3d_fullres_model"),
+          "2d_dca": (STOCK_STEP_TRAINER, "plans_only_2d_model")}
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))]
 
 
 @pytest.fixture(params=list(MODELS))
 def trained(request, demo):
-    """(configuration, trainer) of a trained demo model: the demo's 2d, and 3d_fullres trained for the tests."""
-    if request.param == "3d_fullres":
-        request.getfixturevalue("dca_3d_fullres_model")
-    return request.param, MODELS[request.param]
+    """(configuration, trainer) of a trained DCA model of the demo's task: the demo's 2d, 3d_fullres, and 2d_dca of
+    the plans-only route (the stock trainer)."""
+    trainer, fixture = MODELS[request.param]
+    if fixture:
+        request.getfixturevalue(fixture)
+    return request.param, trainer
 
 
 @pytest.mark.e2e

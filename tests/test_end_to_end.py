@@ -75,13 +75,12 @@ def test_training_resumes_with_c(demo):
     assert final_checkpoint(demo.layout.model)["current_epoch"] == 2
 
 
-def test_plans_only_route_trains_with_a_stock_trainer_and_predicts_from_an_installed_zip(demo, tmp_path):
+def test_plans_only_route_trains_with_a_stock_trainer_and_predicts_from_an_installed_zip(demo, plans_only_2d_model,
+                                                                                         tmp_path):
     env = demo.env()
-    output = run(["nnunet-dca", "add-config", TASK_ID, "--name", "2d_dca"], env)
-    assert f"nnUNetv2_train {TASK_ID} 2d_dca 0" in output
+    assert f"nnUNetv2_train {TASK_ID} 2d_dca 0" in plans_only_2d_model.add_config_output
     # STOCK_STEP_TRAINER is nnUNetTrainer with one iteration: the network comes from the plans alone
-    run(["nnUNetv2_train", TASK_ID, "2d_dca", 0, "-tr", STOCK_STEP_TRAINER, *CPU], env)
-    assert dca_weights(final_checkpoint(model_folder(demo, STOCK_STEP_TRAINER, "2d_dca")))
+    assert dca_weights(final_checkpoint(plans_only_2d_model.folder))
 
     zip_file = tmp_path / "model.zip"
     run(["nnUNetv2_export_model_to_zip", "-d", TASK_ID, "-o", zip_file, "-c", "2d_dca", "-tr", STOCK_STEP_TRAINER,
