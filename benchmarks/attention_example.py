@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--figures", type=Path, required=True, help="folder for the pictures and attention.json")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=300, help="iterations per epoch")
-    parser.add_argument("--batch-size", type=int, default=32, help="instead of the plans' 366, for a CPU")
+    parser.add_argument("--batch-size", type=int, default=32, help="instead of the plans' batch size, for a CPU")
     parser.add_argument("--case", help="a validation case of fold 0 (default: the first)")
     parser.add_argument("--query-label", default=None, help="passed on to nnunet-dca attention")
     parser.add_argument("-device", dest="device", default="cpu")

@@ -219,7 +219,9 @@ def cmd_attention(args: argparse.Namespace) -> int:
     for stage in result["stages"]:
         spatial = [head["entropy"] for block in stage["blocks"] for head in block.get("spatial_attention", [])]
         entropy = f", spatial attention entropy {min(spatial):.2f}-{max(spatial):.2f} nats" if spatial else ""
-        print(f"  stage {stage['stage']}: skip change rms {stage['skip_change_rms']:.3f} of the skip{entropy}")
+        ratio = stage["skip_change_rms"]
+        change = "the skip is zero" if ratio is None else f"skip change rms {ratio:.3f} of the skip"
+        print(f"  stage {stage['stage']}: {change}{entropy}")
     print(f"Wrote {', '.join(result['pictures'].values())}, attention.json and attention.npz to {args.out}")
     return 0
 

@@ -11,43 +11,57 @@ import SimpleITK as sitk
 import torch
 from matplotlib.image import imread
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from conftest import DCA_STEP_TRAINER, STOCK_STEP_TRAINER, Demo, run
 from nnunet_dca.attention import AttentionError
 from nnunet_dca.attention.case import VoxelMap, read_case
-from nnunet_dca.attention.figures import PANEL_PIXELS
+from nnunet_dca.attention.figures import picture_size
 from nnunet_dca.attention.model import load_model
 from nnunet_dca.attention.record import channel_matrix, record_tile
 from nnunet_dca.attention.run import PICTURES
-from nnunet_dca.attention.tile import centroid, check_query, label_value, tile_around
+from nnunet_dca.attention.tile import Tile, centroid, check_query, label_values, tile_around
 from nnunet_dca.cli import main
-from nnunet_dca.dca import state_dict_from_reference
+from nnunet_dca.dca import _pool_to_tokens, state_dict_from_reference
 from nnunet_dca.demo import DEMO_TRAINER, TASK_ID
 from nnunet_dca.naive import NaiveDCA
 
 LABELS = {"background": 0, "lesion": 1, "core": 2, "cyst": 3}
+HIPPOCAMPUS_PLANS = Path(__file__).resolve().parents[2] / "shared" / "plans" / "Dataset004_Hippocampus"
 
 
 # the query and its tile
 
 def test_labels_are_found_by_value_or_name_and_others_refused():
-    assert label_value("2", LABELS) == 2 and label_value("cyst", LABELS) == 3
+    assert label_values("2", LABELS) == (2,) and label_values("cyst", LABELS) == (3,)
     for background in ("0", "background"):
         with pytest.raises(AttentionError, match=f"label {background} is the background; give a foreground label: "
                                                  f"1 \\(lesion\\)"):
-            label_value(background, LABELS)
+            label_values(background, LABELS)
     with pytest.raises(AttentionError, match="the dataset has no label '7'; its foreground labels are 1 \\(lesion\\), "
                                              "2 \\(core\\), 3 \\(cyst\\)"):
-        label_value("7", LABELS)
+        label_values("7", LABELS)
 
 
-def test_the_centroid_is_the_nearest_voxel_to_the_labels_mean_position():
+def test_regions_are_their_values_and_the_ignore_label_is_refused():
+    # nnU-Net's region-based labels (BraTS) and its ignore label
+    labels = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3, "ignore": 4}
+    assert label_values("whole tumor", labels) == (1, 2, 3) and label_values("1", labels) == (1,)
+    for ignore in ("ignore", "4"):
+        with pytest.raises(AttentionError, match=f"label {ignore} is nnU-Net's ignore label, which the model never "
+                                                 f"predicts; give a foreground label: 1/2/3 \\(whole tumor\\), "
+                                                 f"2/3 \\(tumor core\\), 3 \\(enhancing tumor\\)"):
+            label_values(ignore, labels)
+
+
+def test_the_centroid_is_the_nearest_voxel_to_the_mean_position_of_the_values():
     segmentation = np.zeros((3, 10, 10), dtype=np.int8)
     segmentation[1, 2:5, 6:9] = 2
     segmentation[2, 0, 0] = 1
-    assert centroid(segmentation, 2) == (1, 3, 7)
+    assert centroid(segmentation, (2,)) == (1, 3, 7)
     assert centroid(segmentation, None) == (1, 3, 6)  # 9 voxels of label 2 and one of label 1: (1.1, 2.7, 6.3)
-    assert centroid(segmentation, 3) is None
+    assert centroid(segmentation, (1, 2)) == centroid(segmentation, None)
+    assert centroid(segmentation, (3,)) is None
 
 
 @pytest.mark.parametrize("patch, shape, query", [
@@ -73,7 +87,7 @@ def test_the_tile_is_nnunets_sliding_window_nearest_the_query(patch, shape, quer
                 for w in holding]
     window = holding[int(np.argmin(distance))]
     assert tile.start == tuple(s.start - d // 2 for s, d in zip(window[-len(patch):], padding))
-    assert tile.size == patch and tile.slice == (query[0] if len(patch) == 2 else None)
+    assert tile.size == patch and tile.slice_z == (query[0] if len(patch) == 2 else None)
     assert tile.query == tuple(q - s.start for q, s in zip(in_padded, window[-len(patch):]))
     assert torch.equal(tile_input[0], torch.from_numpy(padded[window]))
 
@@ -89,6 +103,42 @@ def test_voxels_map_to_the_preprocessed_grid_and_back():
     assert voxels.to_image((12, 1, 6)) == (4.5, 9.0, 6.75)
     with pytest.raises(AttentionError, match="where every channel of the image is zero"):
         voxels.to_network((1, 9, 7))
+
+
+@pytest.mark.parametrize("size, grid", [((40, 56), (14, 10)), ((56, 40), (14, 10)), ((37, 29), (6, 5)),
+                                        ((10, 56, 48), (5, 14, 12)), ((12, 15, 19), (3, 4, 5))])
+def test_the_querys_token_is_the_one_whose_pooling_window_holds_it(size, grid):
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        query = tuple(int(rng.integers(0, s)) for s in size)
+        tile = Tile(slice_z=None, start=(0,) * len(size), size=size, query=query)
+        marker = torch.zeros(1, 1, *size)
+        marker[(0, 0, *query)] = 1
+        pooled = _pool_to_tokens(marker, grid)[0, :, 0]  # DCA's own pooling, tokens in DCA's order
+        assert pooled[int(np.ravel_multi_index(tile.token(grid), grid))] > 0, query
+
+
+@pytest.mark.skipif(not HIPPOCAMPUS_PLANS.is_dir(), reason=f"needs nnU-Net's real plans at {HIPPOCAMPUS_PLANS}")
+def test_a_query_lands_where_nnunets_preprocessing_puts_its_voxel(tmp_path):
+    # nnU-Net's Hippocampus plans, with a transpose; the image anisotropic, with a zero border nnU-Net crops
+    plans = json.loads((HIPPOCAMPUS_PLANS / "nnUNetPlans.json").read_text())
+    plans.update(transpose_forward=[2, 0, 1], transpose_backward=[1, 2, 0])
+    plans_manager = PlansManager(plans)
+    dataset_json = json.loads((HIPPOCAMPUS_PLANS / "dataset.json").read_text())
+    image = np.zeros((14, 22, 18), dtype=np.float32)  # z, y, x
+    image[2:-3, 1:-2, 3:-1] = 1
+    for query in [(5, 9, 7), (2, 1, 3), (10, 19, 16), (7, 12, 10)]:
+        marked = image.copy()
+        marked[query] = 40
+        itk = sitk.GetImageFromArray(marked)
+        itk.SetSpacing((0.7, 1.3, 1.7))  # x, y, z: no voxel centre lands halfway between two after resampling
+        path = tmp_path / "case_0000.nii.gz"
+        sitk.WriteImage(itk, str(path))
+        case = read_case([path], None, plans_manager, plans_manager.get_configuration("3d_fullres"), dataset_json)
+        assert case.data.shape[1:] != image.shape  # transposed and resampled
+        marker = np.unravel_index(int(np.argmax(case.data[0])), case.data.shape[1:])
+        assert case.voxels.to_network(query) == marker
+        assert np.allclose(case.voxels.to_image(marker), query, atol=0.5)
 
 
 def test_queries_outside_the_image_are_refused_and_2d_images_take_y_x():
@@ -218,7 +268,7 @@ def test_the_command_writes_the_pictures_and_numbers_of_one_case(demo, trained, 
               "channel_attention": (len(stages), 2), "skip_change": (1, len(stages))}
     for name, (rows, columns) in panels.items():
         picture = imread(out / PICTURES[name])
-        assert picture.shape[:2] == (rows * PANEL_PIXELS, columns * PANEL_PIXELS), name
+        assert picture.shape[1::-1] == picture_size(rows, columns), name  # (width, height)
         assert picture[..., :3].std() > 0.05, name  # drawn on, not blank
 
 
@@ -236,6 +286,12 @@ def bad_inputs(demo: Demo, stock_2d_model: Path, tmp_path: Path) -> dict[str, tu
     sitk.WriteImage(sitk.ReadImage(str(images[0]))[:, :, 0], str(slice_2d))
     second_slice = tmp_path / "slice_0001.nii.gz"
     sitk.WriteImage(sitk.ReadImage(str(images[1]))[:, :, 0], str(second_slice))
+    odd_label = tmp_path / "odd.nii.gz"
+    reference = sitk.ReadImage(str(label))
+    odd = sitk.GetImageFromArray((sitk.GetArrayFromImage(reference) > 0).astype(np.uint8) * 127)
+    odd.CopyInformation(reference)
+    sitk.WriteImage(odd, str(odd_label))
+    (demo.layout.model / "fold_0" / "checkpoint_garbled.pth").write_bytes(b"not a checkpoint")
     png = tmp_path / "case_0000.png"
     png.write_bytes(b"")
     occupied = tmp_path / "occupied"
@@ -251,8 +307,14 @@ def bad_inputs(demo: Demo, stock_2d_model: Path, tmp_path: Path) -> dict[str, tu
         "no DCA": (["-d", str(TASK_ID), "-c", "2d", "-tr", stock_2d_model.name.split("__")[0], *case],
                    "(PlainConvUNet) has no DCA"),
         "channels": ([*model, "-i", str(images[0]), "-o", str(tmp_path / "out")],
-                     "the model takes 2 channel(s), one file each, named CASE_0000.nii.gz (T1w), CASE_0001.nii.gz "
-                     "(T2w); got 1 file(s) holding 1"),
+                     "the model takes 2 channel(s), _0000 (T1w), _0001 (T2w), as in imagesTs; got 1 file(s) holding 1"),
+        "channel order": ([*model, "-i", str(images[1]), str(images[0]), "-o", str(tmp_path / "out")],
+                          "the files are channels _0001, _0000; give the case's files in channel order: _0000 (T1w), "
+                          "_0001 (T2w)"),
+        "reference values": ([*model, *case, "--label", str(odd_label)],
+                             "holds values [127] that are no label of the dataset (its labels: [0, 1, 2, 3])"),
+        "not a checkpoint": ([*model, "-chk", "checkpoint_garbled.pth", *case],
+                             "is it a checkpoint nnUNetv2_train wrote?"),
         "dimensionality": ([*model, "-i", str(slice_2d), str(second_slice), "-o", str(tmp_path / "out")],
                            "is a 2D image"),
         "query outside": ([*model, *case, "--query", "0", "0", "999"], "is outside the image"),
@@ -266,8 +328,9 @@ def bad_inputs(demo: Demo, stock_2d_model: Path, tmp_path: Path) -> dict[str, tu
     }
 
 
-BAD_INPUTS = ["no model folder", "no fold", "no checkpoint", "no DCA", "channels", "dimensionality", "query outside",
-              "unknown label", "background label", "missing label file", "another file type", "output taken"]
+BAD_INPUTS = ["no model folder", "no fold", "no checkpoint", "not a checkpoint", "no DCA", "channels", "channel order",
+              "dimensionality", "query outside", "unknown label", "background label", "missing label file",
+              "reference values", "another file type", "output taken"]
 
 
 @pytest.mark.e2e

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_dca.attention.model import AttentionError
@@ -59,10 +61,10 @@ class Case:
 
 def read_case(images: Sequence[str | Path], label: str | Path | None, plans_manager: PlansManager,
               configuration_manager: ConfigurationManager, dataset_json: dict) -> Case:
-    """Reads a case's files (one per channel, named as in imagesTs) and its reference segmentation, if given, with
-    the plans' image reader, and preprocesses them as nnU-Net does. Refuses, in one line, missing or unreadable
-    files, another file ending, the wrong number of channels and an image of another dimensionality than the
-    dataset's."""
+    """Reads a case's files (named as in imagesTs, CASE_0000 ...) and its reference segmentation, if given, with the
+    plans' image reader, and preprocesses them as nnU-Net does: the image as for prediction, the reference as for
+    training. Refuses, in one line, missing or unreadable files, another file ending, channels missing, extra or out
+    of order, an image of another dimensionality than the dataset's and a reference with values that are no label."""
     images = [Path(image) for image in images]
     ending = dataset_json["file_ending"]
     for path in [*images, *([Path(label)] if label else [])]:
@@ -71,52 +73,87 @@ def read_case(images: Sequence[str | Path], label: str | Path | None, plans_mana
         if not path.name.endswith(ending):
             raise AttentionError(f"{path} is not a {ending} file, as the dataset's images are; convert it, or give "
                                  f"the case's {ending} files")
-    reader = plans_manager.image_reader_writer_class()
-    arrays = [_read(reader, [path]) for path in images]
     channel_names = dataset_json.get("channel_names", dataset_json.get("modality"))
-    expected = [f"_{int(key):04d}{ending} ({name})" for key, name in channel_names.items()]
-    if sum(array.shape[0] for array, _ in arrays) != len(channel_names):
-        raise AttentionError(f"the model takes {len(channel_names)} channel(s), one file each, named CASE"
-                             f"{', CASE'.join(expected)}; got {len(images)} file(s) holding "
-                             f"{sum(array.shape[0] for array, _ in arrays)}: give the case's files, in that order")
-    shapes = {path.name: array.shape[1:] for path, (array, _) in zip(images, arrays)}
-    if len(set(shapes.values())) > 1:
-        raise AttentionError(f"the files of one case must have one shape; got {shapes}")
-    image_shape = tuple(arrays[0][0].shape[1:])
+    expected = ", ".join(f"_{int(key):04d} ({name})" for key, name in channel_names.items())
+    suffixes = [_channel_suffix(path, ending) for path in images]
+    if None not in suffixes and suffixes != list(range(len(images))):
+        raise AttentionError(f"the files are channels {', '.join(f'_{s:04d}' for s in suffixes)}; give the case's "
+                             f"files in channel order: {expected}")
+    reader = plans_manager.image_reader_writer_class()
+    image, properties = _read(reader, images)
+    if image.shape[0] != len(channel_names):
+        raise AttentionError(f"the model takes {len(channel_names)} channel(s), {expected}, as in imagesTs; got "
+                             f"{len(images)} file(s) holding {image.shape[0]}")
+    image_shape = tuple(image.shape[1:])
     dataset_is_2d = plans_manager.plans["original_median_shape_after_transp"][0] == 1
     if dataset_is_2d != (image_shape[0] == 1):
         raise AttentionError(f"{images[0]} is a {2 if image_shape[0] == 1 else 3}D image (shape {list(image_shape)}) "
                              f"and the model was trained on {2 if dataset_is_2d else 3}D images; give an image of the "
                              f"kind the dataset holds")
-    data, properties = _read(reader, images)
-    seg = None
+    data, _, after = _preprocess(image, None, properties, plans_manager, configuration_manager, dataset_json)
+    reference = None
     if label:
-        seg, _ = _read(reader, [Path(label)], reading="the reference segmentation")
-        if seg.shape[1:] != data.shape[1:]:
-            raise AttentionError(f"the reference {label} has shape {list(seg.shape[1:])} and the image "
-                                 f"{list(data.shape[1:])}; give the case's own segmentation")
-    preprocessor = configuration_manager.preprocessor_class(verbose=False)
-    with contextlib.redirect_stdout(io.StringIO()):
-        data, seg, properties = preprocessor.run_case_npy(data, seg, properties, plans_manager, configuration_manager,
-                                                          dataset_json)
-    voxels = VoxelMap(tuple(plans_manager.transpose_forward), tuple(int(lo) for lo, _ in properties["bbox_used_for_cropping"]),
-                      tuple(properties["shape_after_cropping_and_before_resampling"]), tuple(data.shape[1:]))
-    # outside the nonzero region nnU-Net marks the reference -1; there is no label there
-    reference = np.maximum(seg[0], 0) if label else None
+        segmentation = _read_reference(reader, Path(label), image_shape, dataset_json["labels"])
+        # preprocessed as for training, apart from the image, which the reference must not change; the crop marks
+        # what lies outside the nonzero region -1, and there is no label there
+        _, reference, _ = _preprocess(image, segmentation, properties, plans_manager, configuration_manager,
+                                      dataset_json)
+        reference = np.maximum(reference[0], 0)
+    voxels = VoxelMap(tuple(plans_manager.transpose_forward),
+                      tuple(int(lo) for lo, _ in after["bbox_used_for_cropping"]),
+                      tuple(after["shape_after_cropping_and_before_resampling"]), tuple(data.shape[1:]))
     return Case(_case_name(images[0], ending), images, image_shape, data, reference, voxels)
 
 
-def _read(reader: object, paths: list[Path], reading: str = "the image") -> tuple[np.ndarray, dict]:
+def _read(reader: BaseReaderWriter, paths: list[Path], reading: str = "the image") -> tuple[np.ndarray, dict]:
+    said = io.StringIO()
     try:
-        with contextlib.redirect_stdout(io.StringIO()) as said:  # the readers print their complaints
-            return reader.read_images([str(path) for path in paths])
+        with contextlib.redirect_stdout(said):  # the readers print their complaints and warnings
+            array, properties = (reader.read_images([str(path) for path in paths]) if reading == "the image"
+                                 else reader.read_seg(str(paths[0])))
     except Exception as e:  # the readers raise what their libraries raise, some with no message at all
         complaint = " ".join(said.getvalue().split()) or str(e) or type(e).__name__
         raise AttentionError(f"cannot read {reading} {', '.join(map(str, paths))} with {type(reader).__name__} "
                              f"(the plans' image reader): {complaint}") from e
+    if said.getvalue().strip():  # the warning of a read that worked, e.g. channels of different origins
+        print(f"{type(reader).__name__}: {' '.join(said.getvalue().split())}", file=sys.stderr)
+    return array, properties
+
+
+def _read_reference(reader: BaseReaderWriter, label: Path, image_shape: tuple[int, ...],
+                    labels: dict[str, int | list[int]]) -> np.ndarray:
+    """The reference segmentation (1, Z, Y, X), checked against the image's shape and the dataset's label values."""
+    segmentation, _ = _read(reader, [label], reading="the reference segmentation")
+    if segmentation.shape[1:] != image_shape:
+        raise AttentionError(f"the reference {label} has shape {list(segmentation.shape[1:])} and the image "
+                             f"{list(image_shape)}; give the case's own segmentation")
+    known = {value for entry in labels.values() for value in (entry if isinstance(entry, (list, tuple)) else [entry])}
+    # the readers return floats; 127.0 is shown as 127
+    unknown = [int(v) if float(v).is_integer() else v for v in sorted(set(np.unique(segmentation).tolist()) - known)]
+    if unknown:
+        raise AttentionError(f"the reference {label} holds values {unknown[:5]} that are no label of the dataset "
+                             f"(its labels: {sorted(known)}); give a segmentation with the dataset's labels")
+    return segmentation
+
+
+def _preprocess(image: np.ndarray, segmentation: np.ndarray | None, properties: dict, plans_manager: PlansManager,
+                configuration_manager: ConfigurationManager, dataset_json: dict
+                ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """nnU-Net's preprocessing (its run_case_npy), on copies: the image (C, Z, Y, X), the segmentation (1, Z, Y, X;
+    without one, the nonzero mask nnU-Net makes) and the properties after it."""
+    preprocessor = configuration_manager.preprocessor_class(verbose=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return preprocessor.run_case_npy(image, segmentation, dict(properties), plans_manager, configuration_manager,
+                                         dataset_json)
+
+
+def _channel_suffix(path: Path, ending: str) -> int | None:
+    """0 for CASE_0000.nii.gz; None for a name without a channel suffix."""
+    stem = path.name.removesuffix(ending)
+    return int(stem[-4:]) if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit() else None
 
 
 def _case_name(first_image: Path, ending: str) -> str:
     """CASE of CASE_0000.nii.gz, as nnU-Net names a case after its files."""
     stem = first_image.name.removesuffix(ending)
-    return stem[:-5] if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit() else stem
+    return stem[:-5] if _channel_suffix(first_image, ending) is not None else stem

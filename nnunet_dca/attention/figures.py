@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib import colormaps
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -22,24 +23,27 @@ from nnunet_dca.attention.tile import Tile
 PANEL_PIXELS = 300
 DPI = 100
 QUERY_MARKER = {"marker": "+", "color": "cyan", "markersize": 12, "markeredgewidth": 2}
-LABEL_COLOURS = ListedColormap(["black", "tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple", "tab:brown",
-                                "tab:pink", "tab:olive", "tab:cyan"])
+LABEL_COLOURS = ["tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+                 "tab:cyan"]
 
 
 def overview(path: Path, data: np.ndarray, channel_names: Sequence[str], prediction: np.ndarray,
              reference: np.ndarray | None, tile: Tile, query: Sequence[int], title: str) -> Path:
     """One row: each image channel, the prediction and the reference (if given) through the query's slice (Z), the
     tile outlined and the query marked. data (C, Z, Y, X); prediction, reference (Z, Y, X)."""
+    largest = int(max(prediction.max(), reference.max() if reference is not None else 0, 1))
+    labels = ListedColormap(["black", *(LABEL_COLOURS if largest <= len(LABEL_COLOURS)
+                                        else colormaps["turbo"].resampled(largest)(range(largest)))])
     maps = [(f"image: {name}", data[c, query[0]], "gray") for c, name in enumerate(channel_names)]
-    maps.append(("prediction", prediction[query[0]], LABEL_COLOURS))
+    maps.append(("prediction", prediction[query[0]], labels))
     if reference is not None:
-        maps.append(("reference (--label)", reference[query[0]], LABEL_COLOURS))
+        maps.append(("reference (--label)", reference[query[0]], labels))
     figure, axes = _panels(1, len(maps), title)
     in_plane_start, in_plane_size = tile.start[-2:], tile.size[-2:]
     for axis, (name, image, colours) in zip(axes[0], maps):
-        labels = colours is LABEL_COLOURS
-        axis.imshow(image, cmap=colours, interpolation="nearest", vmin=0 if labels else None,
-                    vmax=LABEL_COLOURS.N - 1 if labels else None)
+        is_label = colours is labels
+        axis.imshow(image, cmap=colours, interpolation="nearest", vmin=0 if is_label else None,
+                    vmax=labels.N - 1 if is_label else None)
         axis.add_patch(Rectangle((in_plane_start[1] - 0.5, in_plane_start[0] - 0.5), in_plane_size[1],
                                  in_plane_size[0], fill=False, edgecolor="yellow", linewidth=1.5))
         axis.plot(query[2], query[1], **QUERY_MARKER)
@@ -106,8 +110,9 @@ def skip_changes(path: Path, record: TileRecord, tile: Tile, summary: Sequence[d
                             extent=(-0.5, width - 0.5, height - 0.5, -0.5))
         figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.02)
         axis.plot(tile.query[-1], tile.query[-2], **QUERY_MARKER)
-        axis.set_title(f"stage {numbers['stage']}: rms change / rms skip {numbers['skip_change_rms']:.3f}",
-                       fontsize="small")
+        ratio = numbers["skip_change_rms"]
+        axis.set_title(f"stage {numbers['stage']}: rms change / rms skip "
+                       f"{'- (the skip is zero)' if ratio is None else f'{ratio:.3f}'}", fontsize="small")
     return _save(figure, path)
 
 

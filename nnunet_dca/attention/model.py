@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,9 +69,11 @@ def load_model(dataset: str, configuration: str, trainer: str, plans: str, fold:
                                         allow_tqdm=False)
             predictor.initialize_from_trained_model_folder(str(folder), (fold if fold == "all" else int(fold),),
                                                            checkpoint)
-    except RuntimeError as e:  # the trainer class not found, weights that do not fit the network
-        hint = f" ({EXPORT_LINE} finds nnunet-dca's trainers)" if "trainer" in str(e).lower() else ""
-        raise AttentionError(f"cannot load {fold_folder / checkpoint}: {e}{hint}") from e
+    except (RuntimeError, KeyError, AssertionError, EOFError, pickle.UnpicklingError) as e:
+        # the trainer class not found, weights that do not fit the network, a file that is no nnU-Net checkpoint
+        hint = (f" ({EXPORT_LINE} finds nnunet-dca's trainers)" if "trainer" in str(e).lower() else
+                "" if isinstance(e, RuntimeError) else "; is it a checkpoint nnUNetv2_train wrote?")
+        raise AttentionError(f"cannot load {fold_folder / checkpoint}: {type(e).__name__}: {e}{hint}") from e
     # hooks on a compiled network's modules would recompile it; pictures need no compiled speed
     predictor.network = getattr(predictor.network, "_orig_mod", predictor.network).to(torch_device).eval()
     if predictor.configuration_manager.previous_stage_name is not None:

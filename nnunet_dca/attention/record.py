@@ -81,8 +81,10 @@ def summary(record: TileRecord, features: list[int]) -> list[dict[str, Any]]:
                     float(matrix[:, lo:hi].sum(-1).mean()) for lo, hi in zip(bounds[:-1], bounds[1:])]
                 entry["channel_uniform_per_stage_block"] = [c / bounds[-1] for c in features]
             blocks.append(entry)
+        skip_rms = float(stage.skip[0].square().mean().sqrt())
         stages.append({"stage": index, "channels": features[index], "skip_shape": list(stage.skip.shape[2:]),
-                       "skip_change_rms": float(change.square().mean().sqrt() / stage.skip[0].square().mean().sqrt()),
+                       # null for a skip that is zero throughout (JSON has no NaN)
+                       "skip_change_rms": float(change.square().mean().sqrt()) / skip_rms if skip_rms else None,
                        "blocks": blocks})
     return stages
 

@@ -15,12 +15,11 @@ from nnunet_dca.attention import figures
 from nnunet_dca.attention.case import Case, read_case
 from nnunet_dca.attention.model import AttentionError, Model, load_model
 from nnunet_dca.attention.record import arrays, record_tile, summary
-from nnunet_dca.attention.tile import centroid, check_query, label_value, tile_around
+from nnunet_dca.attention.tile import centroid, check_query, label_values, tile_around
 
 PICTURES = {"overview": "overview.png", "spatial_attention": "spatial_attention.png",
             "channel_attention": "channel_attention.png", "skip_change": "skip_change.png"}
 WRITTEN = ("attention.json", "attention.npz", *PICTURES.values())
-TILE_STEP = 0.5  # nnUNetv2_predict's default -step_size
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def run_attention(request: Request) -> dict[str, Any]:
                        request.checkpoint, request.device)
     predictor = model.predictor
     labels = predictor.dataset_json["labels"]
-    wanted_label = label_value(request.query_label, labels) if request.query_label is not None else None
+    wanted = label_values(request.query_label, labels) if request.query_label is not None else None
     case = read_case(request.images, request.label, predictor.plans_manager, predictor.configuration_manager,
                      predictor.dataset_json)
     image_query = check_query(request.query, case.image_shape) if request.query is not None else None
@@ -61,12 +60,13 @@ def run_attention(request: Request) -> dict[str, Any]:
 
     prediction = _predict(model, case)
     if network_query is None:
-        network_query = centroid(prediction, wanted_label)
+        network_query = centroid(prediction, wanted)
         if network_query is None:
-            what = f"label {wanted_label}" if wanted_label is not None else "any foreground"
+            what = f"label {request.query_label}" if wanted is not None else "any foreground"
             raise AttentionError(f"the model predicts no {what} in {case.name}; give --query Z Y X")
         image_query = case.voxels.to_image(network_query)
-    tile, tile_input = tile_around(case.data, predictor.configuration_manager.patch_size, network_query, TILE_STEP)
+    tile, tile_input = tile_around(case.data, predictor.configuration_manager.patch_size, network_query,
+                                   predictor.tile_step_size)
     record = record_tile(model, tile, tile_input)
     stages = summary(record, model.dca.features)
 
@@ -90,11 +90,11 @@ def run_attention(request: Request) -> dict[str, Any]:
                   "configuration": request.configuration, "fold": model.fold, "checkpoint": model.checkpoint},
         "device": request.device,
         "query": {"from": ("--query" if request.query is not None else
-                           f"--query-label {wanted_label}" if wanted_label is not None else "predicted foreground"),
+                           f"--query-label {request.query_label}" if wanted is not None else "predicted foreground"),
                   "image_voxel": list(image_query), "preprocessed_voxel": list(network_query),
                   "tile_voxel": list(tile.query), "token": list(record.query_token),
                   "token_index": record.query_index},
-        "tile": {"slice": tile.slice, "start": list(tile.start), "size": list(tile.size)},
+        "tile": {"slice": tile.slice_z, "start": list(tile.start), "size": list(tile.size)},
         "preprocessed_shape": list(case.data.shape[1:]),
         "token_grid": list(record.grid),
         "stages": stages,

@@ -14,22 +14,29 @@ from nnunetv2.inference.sliding_window_prediction import compute_steps_for_slidi
 from nnunet_dca.attention.model import AttentionError
 
 
-def label_value(label: str, labels: dict[str, int | list[int]]) -> int:
-    """The value of a foreground label given by value or by name (dataset.json's `labels`)."""
-    values = {name: value for name, value in labels.items() if isinstance(value, int) and value > 0}
-    if label in values:
-        return values[label]
-    if label.isdigit() and int(label) in values.values():
-        return int(label)
-    known = ", ".join(f"{value} ({name})" for name, value in values.items())
-    if labels.get(label) == 0 or (label.isdigit() and int(label) == 0):
+def label_values(label: str, labels: dict[str, int | list[int]]) -> tuple[int, ...]:
+    """The segmentation values of a foreground label or region given by name or by value (dataset.json's
+    `labels`; a region is the values it lists). The background and nnU-Net's ignore label are refused."""
+    foreground = {name: tuple(value) if isinstance(value, (list, tuple)) else (value,) for name, value in labels.items()
+                  if name not in ("background", "ignore") and value != 0}
+    if label in foreground:
+        return foreground[label]
+    values = sorted({value for region in foreground.values() for value in region})
+    if label.isdigit() and int(label) in values:
+        return (int(label),)
+    known = ", ".join(f"{'/'.join(map(str, value))} ({name})" for name, value in foreground.items())
+    if label in ("background", "0"):
         raise AttentionError(f"label {label} is the background; give a foreground label: {known}")
+    if label == "ignore" or (label.isdigit() and int(label) == labels.get("ignore")):
+        raise AttentionError(f"label {label} is nnU-Net's ignore label, which the model never predicts; give a "
+                             f"foreground label: {known}")
     raise AttentionError(f"the dataset has no label {label!r}; its foreground labels are {known}")
 
 
-def centroid(segmentation: np.ndarray, value: int | None) -> tuple[int, ...] | None:
-    """The voxel nearest to the centroid of `value` (None: of every foreground label), or None if there is none."""
-    voxels = np.argwhere(segmentation == value if value is not None else segmentation > 0)
+def centroid(segmentation: np.ndarray, values: Sequence[int] | None) -> tuple[int, ...] | None:
+    """The voxel nearest to the centroid of the voxels holding one of `values` (None: any foreground value), or None
+    if there is none."""
+    voxels = np.argwhere(np.isin(segmentation, values) if values is not None else segmentation > 0)
     return tuple(int(c) for c in np.rint(voxels.mean(axis=0))) if len(voxels) else None
 
 
@@ -39,7 +46,7 @@ class Tile:
     query's slice for a 2D configuration, (Z, Y, X) for a 3D one. `start` is negative where nnU-Net pads an image
     smaller than the patch (with zeros, as it does for prediction)."""
 
-    slice: int | None  # the slice (Z) a 2D configuration's tile lies in; None in 3D
+    slice_z: int | None  # the slice a 2D configuration's tile lies in; None in 3D
     start: tuple[int, ...]
     size: tuple[int, ...]  # the patch size
     query: tuple[int, ...]  # the query in the tile's own voxels
@@ -67,7 +74,7 @@ def tile_around(data: np.ndarray, patch_size: Sequence[int], query: Sequence[int
     window = tuple(slice(s, s + size) for s, size in zip(starts, patch_size))
     if len(patch_size) == 2:  # a 2D network sees one slice
         window = (query[0], *window)
-    tile = Tile(slice=query[0] if len(patch_size) == 2 else None, start=tuple(s - o for s, o in zip(starts, offsets)),
+    tile = Tile(slice_z=query[0] if len(patch_size) == 2 else None, start=tuple(s - o for s, o in zip(starts, offsets)),
                 size=tuple(patch_size), query=tuple(q - s for q, s in zip(in_padded, starts)))
     return tile, padded[(slice(None), *window)][None].contiguous()
 
