@@ -60,7 +60,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
     return Demo(layout, output)
 
 
-
 def model_folder(demo: Demo, trainer: str, configuration: str, plans: str = "nnUNetPlans") -> Path:
     return demo.layout.results / demo.layout.dataset_name / f"{trainer}__{plans}__{configuration}"
 

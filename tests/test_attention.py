@@ -143,7 +143,8 @@ def test_a_query_lands_where_nnunets_preprocessing_puts_its_voxel(tmp_path):
 
 def test_queries_outside_the_image_are_refused_and_2d_images_take_y_x():
     assert check_query([0, 4, 5], (1, 8, 8)) == (0, 4, 5) and check_query([4, 5], (1, 8, 8)) == (0, 4, 5)
-    with pytest.raises(AttentionError, match="--query 3 8 1 is outside the image, whose voxels run from 0 0 0 to 9 7 7"):
+    with pytest.raises(AttentionError, match="--query 3 8 1 is outside the image, whose voxels run from 0 0 0 to "
+                                             "9 7 7"):
         check_query([3, 8, 1], (10, 8, 8))
     with pytest.raises(AttentionError, match="three voxel indices Z Y X"):
         check_query([4, 5], (10, 8, 8))

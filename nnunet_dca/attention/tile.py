@@ -56,7 +56,6 @@ class Tile:
         return tuple(min(q * g // s, g - 1) for q, g, s in zip(self.query, grid, self.size))
 
 
-
 def tile_around(data: np.ndarray, patch_size: Sequence[int], query: Sequence[int], step: float
                 ) -> tuple[Tile, torch.Tensor]:
     """The tile of nnU-Net's sliding window (data padded to the patch size, tiles `step` x patch apart) that holds
