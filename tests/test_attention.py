@@ -16,15 +16,16 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from conftest import DCA_STEP_TRAINER, STOCK_STEP_TRAINER, Demo, run
 from nnunet_dca.attention import AttentionError
 from nnunet_dca.attention.case import VoxelMap, read_case
-from nnunet_dca.attention.figures import picture_size
+from nnunet_dca.attention.figures import attention_in_query_plane, picture_size, skip_change_in_query_slice
 from nnunet_dca.attention.model import load_model
-from nnunet_dca.attention.record import channel_matrix, record_tile
+from nnunet_dca.attention.record import TileRecord, channel_matrix, record_tile
 from nnunet_dca.attention.run import PICTURES
 from nnunet_dca.attention.tile import Tile, centroid, check_query, label_values, tile_around
 from nnunet_dca.cli import main
 from nnunet_dca.dca import _pool_to_tokens, state_dict_from_reference
 from nnunet_dca.demo import DEMO_TRAINER, TASK_ID
 from nnunet_dca.naive import NaiveDCA
+from nnunet_dca.recording import StageRecord
 
 LABELS = {"background": 0, "lesion": 1, "core": 2, "cyst": 3}
 HIPPOCAMPUS_PLANS = Path(__file__).resolve().parents[2] / "shared" / "plans" / "Dataset004_Hippocampus"
@@ -148,6 +149,25 @@ def test_queries_outside_the_image_are_refused_and_2d_images_take_y_x():
         check_query([3, 8, 1], (10, 8, 8))
     with pytest.raises(AttentionError, match="three voxel indices Z Y X"):
         check_query([4, 5], (10, 8, 8))
+
+
+def test_3d_pictures_show_the_plane_and_slice_through_the_query():
+    grid, size, query = (4, 3, 5), (8, 6, 10), (5, 2, 7)  # the query's token: (2, 1, 3)
+    tile = Tile(slice_z=None, start=(0, 0, 0), size=size, query=query)
+    token = tile.token(grid)
+    weights = torch.zeros(1, 2, 60, 60)
+    row = int(np.ravel_multi_index(token, grid))
+    weights[0, 0, row, row] = 1  # head 0 attends to the query's own token
+    weights[0, 1, row, int(np.ravel_multi_index((0, 1, 3), grid))] = 1  # head 1 to a token in another plane
+    skip = torch.zeros(1, 2, 4, 3, 5)  # the skip at half the tile's size: the query's slice is 5 // 2 = 2
+    refined = skip.clone()
+    refined[0, :, 2, 1, 4] = 3
+    refined[0, :, 3, 0, 0] = 5  # another slice
+    record = TileRecord([StageRecord(skip=skip, refined=refined)], grid, token, torch.zeros(1))
+    maps = attention_in_query_plane(record, weights)
+    assert maps.shape == (2, 3, 5) and maps[0, 1, 3] == 1 and maps[0].sum() == 1 and not maps[1].any()
+    change = skip_change_in_query_slice(record.stages[0], tile)
+    assert change.shape == (3, 5) and change[1, 4] == 3 and change.sum() == 3
 
 
 # the demo's models

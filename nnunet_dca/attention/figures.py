@@ -19,6 +19,7 @@ from matplotlib.patches import Rectangle
 
 from nnunet_dca.attention.record import TileRecord, channel_matrix, skip_change
 from nnunet_dca.attention.tile import Tile
+from nnunet_dca.recording import StageRecord
 
 PANEL_PIXELS = 300
 DPI = 100
@@ -60,9 +61,7 @@ def spatial_attention(path: Path, record: TileRecord, tile: Tile, tile_image: np
     figure, axes = _panels(max(len(rows), 1), heads, title)
     height, width = tile_image.shape
     for row, (stage, block, weights) in enumerate(rows):
-        maps = weights[0, :, record.query_index].reshape(-1, *record.grid)  # (h, *grid)
-        if len(record.grid) == 3:
-            maps = maps[:, record.query_token[0]]
+        maps = attention_in_query_plane(record, weights)
         for head, attention in enumerate(maps):
             axis = axes[row][head]
             axis.imshow(tile_image, cmap="gray", interpolation="nearest")
@@ -102,9 +101,7 @@ def skip_changes(path: Path, record: TileRecord, tile: Tile, summary: Sequence[d
     slice through the query, the query marked."""
     figure, axes = _panels(1, len(record.stages), title)
     for axis, stage, numbers in zip(axes[0], record.stages, summary):
-        change = skip_change(stage)
-        if change.dim() == 3:  # the skip's slice through the query
-            change = change[min(tile.query[0] * change.shape[0] // tile.size[0], change.shape[0] - 1)]
+        change = skip_change_in_query_slice(stage, tile)
         height, width = tile.size[-2:]
         shown = axis.imshow(change.numpy(), cmap="magma", interpolation="nearest",
                             extent=(-0.5, width - 0.5, height - 0.5, -0.5))
@@ -114,6 +111,21 @@ def skip_changes(path: Path, record: TileRecord, tile: Tile, summary: Sequence[d
         axis.set_title(f"stage {numbers['stage']}: rms change / rms skip "
                        f"{'- (the skip is zero)' if ratio is None else f'{ratio:.3f}'}", fontsize="small")
     return _save(figure, path)
+
+
+def attention_in_query_plane(record: TileRecord, weights: torch.Tensor) -> torch.Tensor:
+    """The query token's spatial attention from a block's weights (1, h, N, N) as (h, G_y, G_x): in 3D the plane of
+    tokens through the query's."""
+    maps = weights[0, :, record.query_index].reshape(-1, *record.grid)
+    return maps[:, record.query_token[0]] if len(record.grid) == 3 else maps
+
+
+def skip_change_in_query_slice(stage: StageRecord, tile: Tile) -> torch.Tensor:
+    """|refined skip - skip|, mean over channels, (S_y, S_x): in 3D the skip's slice through the query."""
+    change = skip_change(stage)
+    if change.dim() == 2:
+        return change
+    return change[min(tile.query[0] * change.shape[0] // tile.size[0], change.shape[0] - 1)]
 
 
 def tile_slice(tile_input: torch.Tensor, tile: Tile) -> np.ndarray:
