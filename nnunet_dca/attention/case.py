@@ -53,6 +53,7 @@ class Case:
 
     name: str
     images: list[Path]
+    channel_names: list[str]  # dataset.json's, in channel order
     image_shape: tuple[int, ...]  # (z, y, x) as read
     data: np.ndarray
     reference: np.ndarray | None
@@ -102,7 +103,8 @@ def read_case(images: Sequence[str | Path], label: str | Path | None, plans_mana
     voxels = VoxelMap(tuple(plans_manager.transpose_forward),
                       tuple(int(lo) for lo, _ in after["bbox_used_for_cropping"]),
                       tuple(after["shape_after_cropping_and_before_resampling"]), tuple(data.shape[1:]))
-    return Case(_case_name(images[0], ending), images, image_shape, data, reference, voxels)
+    return Case(_case_name(images[0], ending), images, list(channel_names.values()), image_shape, data, reference,
+                voxels)
 
 
 def _read(reader: BaseReaderWriter, paths: list[Path], reading: str = "the image") -> tuple[np.ndarray, dict]:

@@ -17,7 +17,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from nnunet_dca.attention.record import TileRecord, channel_matrix, skip_change
+from nnunet_dca.attention.record import TileRecord, channel_matrix, query_attention, skip_change
 from nnunet_dca.attention.tile import Tile
 from nnunet_dca.recording import StageRecord
 
@@ -116,7 +116,7 @@ def skip_changes(path: Path, record: TileRecord, tile: Tile, summary: Sequence[d
 def attention_in_query_plane(record: TileRecord, weights: torch.Tensor) -> torch.Tensor:
     """The query token's spatial attention from a block's weights (1, h, N, N) as (h, G_y, G_x): in 3D the plane of
     tokens through the query's."""
-    maps = weights[0, :, record.query_index].reshape(-1, *record.grid)
+    maps = query_attention(record, weights)
     return maps[:, record.query_token[0]] if len(record.grid) == 3 else maps
 
 

@@ -44,6 +44,11 @@ def record_tile(model: Model, tile: Tile, tile_input: torch.Tensor) -> TileRecor
     return TileRecord(stages, grid, tile.token(grid), _cpu(logits))
 
 
+def query_attention(record: TileRecord, weights: torch.Tensor) -> torch.Tensor:
+    """The query token's row of a block's spatial attention (1, h, N, N), on the token grid: (h, *grid)."""
+    return weights[0, :, record.query_index].reshape(-1, *record.grid)
+
+
 def channel_matrix(weights: torch.Tensor) -> torch.Tensor:
     """A stage's channel attention (h, C_i/h, C_sum/h) as one C_i x C_sum matrix: each head's block on the diagonal,
     where its channels attend; zero where a head does not reach."""
@@ -68,7 +73,7 @@ def summary(record: TileRecord, features: list[int]) -> list[dict[str, Any]]:
         for block, (channel, spatial) in enumerate(_pairs(stage)):
             entry: dict[str, Any] = {"block": block}
             if spatial is not None:
-                rows = spatial[0, :, record.query_index]  # (h, N)
+                rows = query_attention(record, spatial).flatten(1)  # (h, N)
                 entropy = -(rows * rows.clamp_min(1e-30).log()).sum(-1)
                 entry["spatial_attention"] = [
                     {"head": head, "entropy": float(entropy[head]), "max_probability": float(rows[head].max()),
@@ -97,8 +102,7 @@ def arrays(record: TileRecord) -> dict[str, np.ndarray]:
         saved[f"stage{index}_skip_change"] = skip_change(stage).numpy()
         for block, (channel, spatial) in enumerate(_pairs(stage)):
             if spatial is not None:
-                rows = spatial[0, :, record.query_index]
-                saved[f"stage{index}_block{block}_spatial"] = rows.reshape(-1, *record.grid).numpy()
+                saved[f"stage{index}_block{block}_spatial"] = query_attention(record, spatial).numpy()
             if channel is not None:
                 saved[f"stage{index}_block{block}_channel"] = channel_matrix(channel[0]).numpy()
     return saved

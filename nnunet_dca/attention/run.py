@@ -72,8 +72,7 @@ def run_attention(request: Request) -> dict[str, Any]:
 
     out.mkdir(parents=True, exist_ok=True)
     source = f"{case.name}, {model.folder.name} fold {model.fold}"
-    channel_names = list(predictor.dataset_json.get("channel_names", predictor.dataset_json.get("modality")).values())
-    figures.overview(out / PICTURES["overview"], case.data, channel_names, prediction, case.reference, tile,
+    figures.overview(out / PICTURES["overview"], case.data, case.channel_names, prediction, case.reference, tile,
                      network_query, f"the slice through the query\n{source}")
     figures.spatial_attention(out / PICTURES["spatial_attention"], record, tile, figures.tile_slice(tile_input, tile),
                               f"spatial attention of the query token\n{source}")
