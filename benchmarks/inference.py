@@ -8,9 +8,10 @@ both times alike).
 
     python benchmarks/inference.py [--configs 2d_512 3d_128]
                                    [--plans ../shared/plans/Dataset004_Hippocampus/nnUNetPlans.json -c 2d 3d_fullres]
-                                   [--repeats 3] [--device cpu|cuda] [--mirroring]
+                                   [--repeats 3] [--device cpu|cuda] [--mirroring] [--allocator tcmalloc|jemalloc]
 
-A plans file's configurations predict an image of the plans' median size.
+A plans file's configurations predict an image of the plans' median size. The FLOP floor is DCA's FLOPs / stock's
+for one forward pass of a tile (flops.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from cases import Case, ct_cases, plans_cases
 from ct_plans import CONFIGS
-from measure import alternated_times, environment, print_table, ratio_cells
+from flops import flop_floor
+from measure import add_allocator_option, alternated_times, environment, print_table, ratio_cells, use_allocator
 from nnunet_dca.trainers import trainer_dir
 
 
@@ -61,7 +63,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--mirroring", action="store_true", help="test-time mirroring, as nnUNetv2_predict does")
+    add_allocator_option(parser)
     args = parser.parse_args()
+    use_allocator(args)
     os.environ["nnUNet_extTrainer"] = os.pathsep.join(filter(None, [trainer_dir(),
                                                                     os.environ.get("nnUNet_extTrainer")]))
     configs = args.configs if args.configs is not None else ([] if args.plans else ["2d_512", "3d_128"])
@@ -84,10 +88,11 @@ def main() -> None:
             calls = {network: functools.partial(predict, predictor, volume) for network, predictor in predictors.items()}
             alternated_times(calls, 1, args.device)  # warm-up
             times = alternated_times(calls, args.repeats, args.device)
-            rows.append(f"| {case.name} | {'x'.join(map(str, case.volume))} | {ratio_cells(times)} |")
+            rows.append(f"| {case.name} | {'x'.join(map(str, case.volume))} | {ratio_cells(times)} | "
+                        f"{flop_floor(case, training=False):.3f} |")
     print_table(f"Sliding-window inference (nnUNetPredictor, step 0.5, gaussian, mirroring "
                 f"{'on' if args.mirroring else 'off'}), median of {args.repeats} alternated runs; "
-                f"{environment(args.device)}", ["config", "volume", "stock (s)", "DCA (s)", "time DCA / stock"], rows)
+                f"{environment(args.device)}", ["config", "volume", "stock (s)", "DCA (s)", "time DCA / stock", "FLOP floor"], rows)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
-"""Peak memory for the benchmarks: the most bytes the step's own allocations hold at any moment."""
+"""What the benchmarks share: timing alternated runs, peak memory, the tables and the environment they ran in."""
 
 from __future__ import annotations
 
+import argparse
 import platform
 import statistics
 import time
 from typing import Callable
 
 import torch
+
+from nnunet_dca.allocator import PRELOADABLE, current_allocator, run_under
 
 
 def synchronize(device: str) -> None:
@@ -65,5 +68,23 @@ def print_table(title: str, header: list[str], rows: list[str]) -> None:
     print("\n".join(rows))
 
 
+def add_allocator_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allocator", choices=list(PRELOADABLE),
+                        help="re-run this script with tcmalloc or jemalloc preloaded (LD_PRELOAD), as a caching "
+                             "allocator keeps memory between steps like PyTorch's CUDA allocator (docs/cpu.md)")
+
+
+def use_allocator(args: argparse.Namespace) -> None:
+    """Re-executes the script under `--allocator` where one is asked for and not already running."""
+    if args.allocator:
+        run_under(args.allocator)
+
+
 def environment(device: str) -> str:
-    return f"{device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}"
+    """The device, torch, threads, machine and the allocator read from this process (on CUDA: the host's)."""
+    allocator = current_allocator()
+    if device == "cpu":
+        memory = f"allocator {allocator}"
+    else:
+        device, memory = f"cuda ({torch.cuda.get_device_name()})", f"CUDA caching allocator (host: {allocator})"
+    return f"{device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, {memory}"

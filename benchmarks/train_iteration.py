@@ -8,8 +8,10 @@ alternate; the table gives median times and the median of the per-pair ratios.
 
     python benchmarks/train_iteration.py --plans ../shared/plans/Dataset004_Hippocampus/nnUNetPlans.json -c 2d
                                          [--repeats 5] [--device cpu|cuda] [--workers 2]
+                                         [--allocator tcmalloc|jemalloc]
 
---workers sets nnUNet_n_proc_DA (data augmentation processes per trainer).
+--workers sets nnUNet_n_proc_DA (data augmentation processes per trainer). The FLOP floor is the network's: DCA's
+FLOPs / stock's for the training step (flops.py); loading and augmenting data add none to either.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import sys
 import tempfile
 
 import numpy as np
+
+# imports no nnU-Net: nnU-Net reads its folders when it is first imported, and main sets them first
+from measure import add_allocator_option, alternated_times, environment, print_table, ratio_cells, use_allocator
 
 
 def write_preprocessed_dataset(folder: str, case, n_cases: int) -> None:
@@ -69,7 +74,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--workers", default="2", help="nnUNet_n_proc_DA (default 2)")
+    add_allocator_option(parser)
     args = parser.parse_args()
+    use_allocator(args)
 
     workdir = tempfile.mkdtemp()
     # nnU-Net reads its folders when it is first imported
@@ -79,7 +86,7 @@ def main() -> None:
     import torch
 
     from cases import plans_cases
-    from measure import alternated_times, environment, print_table, ratio_cells
+    from flops import flop_floor
 
     rows = []
     try:
@@ -101,13 +108,13 @@ def main() -> None:
                     trainer.on_train_end()
             configuration = case.configuration_manager
             rows.append(f"| {case.name} | {configuration.batch_size} x {'x'.join(map(str, configuration.patch_size))} "
-                        f"| {ratio_cells(times)} |")
+                        f"| {ratio_cells(times)} | {flop_floor(case, training=True):.3f} |")
             shutil.rmtree(os.environ["nnUNet_preprocessed"])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print_table(f"nnU-Net training iteration (dataloader with {args.workers} augmentation workers, train_step), "
                 f"median of {args.repeats} alternated runs; {environment(args.device)}",
-                ["config", "batch x patch", "stock (s)", "DCA (s)", "time DCA / stock"], rows)
+                ["config", "batch x patch", "stock (s)", "DCA (s)", "time DCA / stock", "FLOP floor"], rows)
 
 
 if __name__ == "__main__":

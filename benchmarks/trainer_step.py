@@ -8,8 +8,10 @@ table gives median times and the median of the per-pair ratios, and the peak mem
     python benchmarks/trainer_step.py [--configs 2d_256 2d_512 2d_512_fullgrid 3d_128]
                                       [--plans ../shared/plans/Dataset004_Hippocampus/nnUNetPlans.json -c 2d 3d_fullres]
                                       [--repeats 5] [--device cpu|cuda] [--amp] [--compile]
+                                      [--allocator tcmalloc|jemalloc]
 
 --configs picks CT-like plans made here (ct_plans.py); --plans adds configurations of any plans file nnU-Net wrote.
+The FLOP floor is DCA's FLOPs / stock's for the same step (flops.py): the ratio DCA's time could reach.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import torch.nn.functional as F
 
 from cases import Case, ct_cases, plans_cases
 from ct_plans import CONFIGS
-from measure import alternated_times, environment, peak_bytes, print_table, ratio_cells, synchronize
+from flops import flop_floor
+from measure import (add_allocator_option, alternated_times, environment, peak_bytes, print_table, ratio_cells,
+                     synchronize, use_allocator)
 
 
 def training_step(case: Case, network: torch.nn.Module, device: str, amp: bool) -> Callable[[], None]:
@@ -59,7 +63,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--amp", action="store_true", help="autocast: float16 on CUDA, bfloat16 on CPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile both networks, as nnU-Net on GPU")
+    add_allocator_option(parser)
     args = parser.parse_args()
+    use_allocator(args)
     configs = args.configs if args.configs is not None else ([] if args.plans else list(CONFIGS))
     cases = ct_cases(configs)
     if args.plans:
@@ -78,12 +84,12 @@ def main() -> None:
         peaks = {network: peak_bytes(step, args.device) for network, step in steps.items()}
         configuration = case.configuration_manager
         rows.append(f"| {case.name} | {configuration.batch_size} x {'x'.join(map(str, configuration.patch_size))} | "
-                    f"{ratio_cells(times)} | {peaks['stock'] / 2**20:.0f} | {peaks['dca'] / 2**20:.0f} | "
+                    f"{ratio_cells(times)} | {flop_floor(case, training=True):.3f} | {peaks['stock'] / 2**20:.0f} | {peaks['dca'] / 2**20:.0f} | "
                     f"{peaks['dca'] / peaks['stock']:.3f} |")
         del steps
     print_table(f"Training step (planned batch, deep supervision, backward), median of {args.repeats} alternated "
                 f"runs; {environment(args.device)}{', ' + ' '.join(flags) if flags else ''}",
-                ["config", "batch x patch", "stock (s)", "DCA (s)", "time DCA / stock", "stock peak (MiB)",
+                ["config", "batch x patch", "stock (s)", "DCA (s)", "time DCA / stock", "FLOP floor", "stock peak (MiB)",
                  "DCA peak (MiB)", "memory DCA / stock"], rows)
 
 
