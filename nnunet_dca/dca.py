@@ -111,7 +111,10 @@ class ChannelCrossAttention(nn.Module):
         self.value = DepthwiseProjection(context_channels, spatial_dims)
         self.out = DepthwiseProjection(channels, spatial_dims)
 
-    def forward(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, context: torch.Tensor, fused: bool = True) -> torch.Tensor:
+        if fused:
+            parameters = [p.view(-1) for m in (self.query, self.key, self.value, self.out) for p in (m.weight, m.bias)]
+            return _ChannelAttention.apply(tokens, context, *parameters, self.heads, self.scale)
         c = split_heads(context, self.heads)  # (B, h, N, C_sum/h)
         attention = self.attention_weights(tokens, context).to(c.dtype)  # (B, h, C_i/h, C_sum/h)
         value_weight, value_bias = (p.view(self.heads, 1, -1) for p in (self.value.weight, self.value.bias))
@@ -135,6 +138,89 @@ class ChannelCrossAttention(nn.Module):
             q32, c32 = at_least_float32(q), at_least_float32(c)
             scores = (q32.transpose(-2, -1) @ c32) * key_weight + q32.sum(dim=-2).unsqueeze(-1) * key_bias
             return torch.softmax(scores * self.scale, dim=-1)
+
+
+class _ChannelAttention(torch.autograd.Function):
+    """`ChannelCrossAttention.forward`'s explicit path as one operation with its backward written out: the same
+    values and gradients, with fewer passes over the (B, h, C_i/h, C_sum/h) matrices, which at nnU-Net's batches
+    are as large as the tokens, and only the softmax, the unscaled scores and the inputs kept for backward.
+
+    Per head, with q = t w_q + b_q (t the stage's normalized tokens, N x C_i/h) and c the context (N x C_sum/h):
+        S = ((q^T c) w_k + (1^T q)^T b_k) * scale,  P = softmax(S),  M = w_o P w_v,  out = c M^T + w_o P b_v + b_o
+    where w_k, w_v scale columns and w_o rows. Computed in float32 (at least), autocast off; out in the context's
+    dtype. tokens (B, N, C_i), context (B, N, C_sum) -> (B, N, C_i)
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tokens: torch.Tensor, context: torch.Tensor, query_weight: torch.Tensor,
+                query_bias: torch.Tensor, key_weight: torch.Tensor, key_bias: torch.Tensor, value_weight: torch.Tensor,
+                value_bias: torch.Tensor, out_weight: torch.Tensor, out_bias: torch.Tensor, heads: int,
+                scale: float) -> torch.Tensor:
+        with torch.autocast(context.device.type, enabled=False):
+            t, c = (at_least_float32(split_heads(x, heads)) for x in (tokens, context))  # (B, h, N, C/h)
+            rows = _per_head(heads, query_weight, query_bias, out_weight, out_bias)  # (h, 1, C_i/h) each
+            columns = _per_head(heads, key_weight, key_bias, value_weight, value_bias)  # (h, 1, C_sum/h) each
+            (w_q, b_q, w_o, b_o), (w_k, b_k, w_v, b_v) = rows, columns
+            q = torch.addcmul(b_q, t, w_q)
+            unscaled = q.transpose(-2, -1) @ c  # q^T c: (B, h, C_i/h, C_sum/h)
+            query_sum = q.sum(dim=-2)  # (B, h, C_i/h)
+            scores = torch.addcmul(query_sum.unsqueeze(-1) * (b_k * scale), unscaled, w_k * scale)
+            p = torch.softmax(scores, dim=-1)
+            del scores
+            mixing = p * (w_v * w_o.transpose(-2, -1))
+            offset = (p @ b_v.transpose(-2, -1)).transpose(-2, -1) * w_o + b_o  # (B, h, 1, C_i/h)
+            out = torch.baddbmm(offset.flatten(0, 1), c.flatten(0, 1), mixing.transpose(-2, -1).flatten(0, 1))
+        ctx.save_for_backward(t, c, unscaled, query_sum, p, query_weight, query_bias, key_weight, key_bias,
+                              value_weight, value_bias, out_weight)
+        ctx.heads, ctx.scale, ctx.dtypes = heads, scale, (tokens.dtype, context.dtype)
+        return merge_heads(out.view_as(t)).to(context.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        t, c, unscaled, query_sum, p, *parameters = ctx.saved_tensors
+        heads, scale = ctx.heads, ctx.scale
+        with torch.autocast(c.device.type, enabled=False):
+            (w_q, b_q, w_o), (w_k, b_k, w_v, b_v) = (_per_head(heads, *parameters[:2], parameters[-1]),
+                                                     _per_head(heads, *parameters[2:6]))
+            g = at_least_float32(split_heads(grad.contiguous(), heads))  # dL/d out: (B, h, N, C_i/h)
+            # out = c M^T + offset
+            grad_mixing = g.transpose(-2, -1) @ c  # (B, h, C_i/h, C_sum/h)
+            grad_offset = g.sum(dim=-2, keepdim=True)  # (B, h, 1, C_i/h)
+            grad_context = g @ (p * (w_v * w_o.transpose(-2, -1)))
+            # M = w_o P w_v and offset = w_o (P b_v) + b_o
+            weighted = (p * grad_mixing).sum(dim=0)  # (h, C_i/h, C_sum/h)
+            grad_w_v = (w_o @ weighted).view(-1)
+            grad_w_o = (weighted @ w_v.transpose(-2, -1)).transpose(-2, -1)
+            grad_w_o = grad_w_o + (grad_offset * (p @ b_v.transpose(-2, -1)).transpose(-2, -1)).sum(dim=0)
+            grad_b_o = grad_offset.sum(dim=0).view(-1)
+            offset_rows = (grad_offset * w_o).transpose(-2, -1)  # (B, h, C_i/h, 1)
+            grad_b_v = (offset_rows.transpose(-2, -1) @ p).sum(dim=0).view(-1)
+            grad_p = torch.addcmul(offset_rows * b_v, grad_mixing, w_v * w_o.transpose(-2, -1))
+            del grad_mixing
+            # P = softmax(S)
+            grad_scores = grad_p.sub_((grad_p * p).sum(dim=-1, keepdim=True)).mul_(p).mul_(scale)
+            del grad_p
+            # S = (q^T c) w_k + (1^T q)^T b_k
+            grad_w_k = (grad_scores * unscaled).sum(dim=(0, 2)).view(-1)
+            grad_b_k = (query_sum.unsqueeze(-2) @ grad_scores).sum(dim=0).view(-1)
+            grad_unscaled = grad_scores * w_k  # (B, h, C_i/h, C_sum/h)
+            grad_q = torch.baddbmm((grad_scores @ b_k.transpose(-2, -1)).transpose(-2, -1).flatten(0, 1),
+                                   c.flatten(0, 1), grad_unscaled.transpose(-2, -1).flatten(0, 1)).view_as(t)
+            q = torch.addcmul(b_q, t, w_q)
+            grad_context = grad_context.add_(q @ grad_unscaled)
+            # q = t w_q + b_q
+            grad_tokens = grad_q * w_q
+            grad_w_q = (grad_q * t).sum(dim=(0, 2)).view(-1)
+            grad_b_q = grad_q.sum(dim=(0, 2)).view(-1)
+        tokens_dtype, context_dtype = ctx.dtypes
+        return (merge_heads(grad_tokens).to(tokens_dtype), merge_heads(grad_context).to(context_dtype),
+                grad_w_q, grad_b_q, grad_w_k, grad_b_k, grad_w_v, grad_b_v, grad_w_o.reshape(-1), grad_b_o,
+                None, None)
+
+
+def _per_head(heads: int, *vectors: torch.Tensor) -> list[torch.Tensor]:
+    """Per-channel vectors (C,) as (h, 1, C/h), float32 at least, to broadcast over (B, h, rows, C/h)."""
+    return [at_least_float32(v).view(heads, 1, -1) for v in vectors]
 
 
 class SpatialCrossAttention(nn.Module):
@@ -211,7 +297,7 @@ class DCABlock(nn.Module):
         if self.channel_attentions is not None:
             normed = [norm(t) for norm, t in zip(self.channel_norms, tokens)]
             context = torch.cat(normed, dim=-1)
-            tokens = [t + cca(n, context) for t, n, cca in zip(tokens, normed, self.channel_attentions)]
+            tokens = [t + cca(n, context, fused) for t, n, cca in zip(tokens, normed, self.channel_attentions)]
         if self.spatial_attentions is not None:
             normed = [norm(t) for norm, t in zip(self.spatial_norms, tokens)]
             context = torch.cat(normed, dim=-1)
@@ -375,8 +461,12 @@ def _upsample_onto(refined: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     if refined.shape[2:] == skip.shape[2:]:
         return refined + skip
     upsampled = upsample_linear(refined, tuple(skip.shape[2:]))
-    # in place on the fresh upsampled map only (never on an input): the interpolation's backward does not read its
-    # output, and at skip resolution an allocation costs as much as the addition
+    if torch.is_grad_enabled():
+        # the upsampled map is a view of a product's output: autograd records an in-place write into a view by
+        # copying the whole gradient at skip resolution in backward, which costs more than a fresh sum
+        return upsampled + skip
+    # without a graph, in place on the fresh upsampled map only (never on an input): at skip resolution an
+    # allocation costs as much as the addition
     return upsampled.add_(skip)
 
 

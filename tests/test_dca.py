@@ -240,6 +240,37 @@ def test_fused_path_reaches_the_flash_kernel_on_cpu():
         dca(skips)
 
 
+@pytest.mark.parametrize("dims, merge, autocast", [
+    (2, "paper", None), (2, "residual", None), (3, "paper", None), (3, "residual", None),
+    # under autocast against float32: the paper's BatchNorm over a batch this small turns bfloat16's rounding into
+    # gradient errors of the order of the gradients, in every formulation alike, naive included
+    (2, "residual", torch.bfloat16), (3, "residual", torch.bfloat16),
+])
+def test_training_forward_and_gradients_equal_naive_formulation(dims, merge, autocast):
+    # the fused paths (channel attention's written-out backward, the flash kernel, the out-of-place merge in
+    # training) against the naive formulation in float32, on outputs and on the gradients of skips and parameters
+    torch.manual_seed(0)
+    features, grid = [8, 16, 32], (5, 4) if dims == 2 else (3, 4, 3)
+    naive = grow_branches(NaiveDCA(features, token_grid=grid, spatial_dims=dims, channel_heads=2, merge=merge))
+    dca = dca_matching(naive, token_grid=grid, channel_heads=2, merge=merge)
+    skips = [x.requires_grad_() for x in skips_for(features, ladder((20, 16, 12)[:dims], 3, dims))]
+    weights = [torch.randn_like(x) for x in skips]
+
+    def forward_and_gradients(module, autocast):
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            outputs = [o.float() for o in module.train()(skips)]
+        loss = sum((o * w).sum() for o, w in zip(outputs, weights))
+        return outputs + list(torch.autograd.grad(loss, [*skips, *module.parameters()]))
+
+    actual, expected = forward_and_gradients(dca, autocast), forward_and_gradients(naive, None)
+    if autocast is None:
+        assert_lists_close(actual, expected, atol=1e-4, rtol=1e-4)
+    else:  # bfloat16 keeps two to three digits. Outputs and the skips' gradients, what the U-Net receives: some
+        # parameters' gradients are near zero (softmax cancels the spatial key bias), where any rounding is large
+        for a, e in zip(actual[:2 * len(skips)], expected):
+            assert (a - e).abs().max() <= 0.01 * e.abs().max()
+
+
 # hand check on tiny cases, by explicit loops
 
 
@@ -249,7 +280,8 @@ def project(projection, tokens):
     return [[row[c] * w[c] + b[c] for c in range(len(w))] for row in tokens]
 
 
-def test_channel_attention_by_hand():
+@pytest.mark.parametrize("fused", [True, False])
+def test_channel_attention_by_hand(fused):
     torch.manual_seed(0)
     n_tokens, channels, context_channels, heads = 3, 2, 6, 2
     cca = ChannelCrossAttention(channels, context_channels, heads, spatial_dims=2).double()
@@ -268,7 +300,7 @@ def test_channel_attention_by_hand():
             for n in range(n_tokens):
                 out[n][h * dq + c] = sum(weights[j] * v[n][h * dk + j] for j in range(dk))
     expected = torch.tensor([project(cca.out, out)], dtype=torch.float64)
-    torch.testing.assert_close(cca(tokens, context), expected)
+    torch.testing.assert_close(cca(tokens, context, fused=fused), expected)
 
 
 @pytest.mark.parametrize("fused", [True, False])
