@@ -14,6 +14,7 @@ Tokens are (B, N, C) throughout. No parameter depends on the token grid, so one 
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from typing import Any, Sequence
@@ -240,18 +241,26 @@ class SpatialCrossAttention(nn.Module):
         self.value = DepthwiseProjection(channels, spatial_dims)
         self.out = DepthwiseProjection(channels, spatial_dims)
 
-    def forward(self, tokens: torch.Tensor, context: torch.Tensor, fused: bool = True) -> torch.Tensor:
-        # Every projection is a per-channel scale and shift, so they fold into one projection each side (exact):
-        # - keys: see `queries_and_keys`.
-        # - out: A (V w_o + b_o) = (A V) w_o + b_o, because each row of A sums to one, so w_o and b_o act on V.
-        # Each stage then projects the context once and its tokens once, instead of twice each.
+    def forward(self, tokens: torch.Tensor, context: torch.Tensor, fused: bool = True,
+                every_stage_values: torch.Tensor | None = None, columns: slice | None = None) -> torch.Tensor:
+        """`every_stage_values`, if given: `values` of every stage side by side per head, (B, h, N, C_sum/h), of which
+        this stage's are `columns`. They fill the queries' head dim as the fused kernels need, where this stage's
+        values alone would be zero-padded to it: the other stages' output columns are dropped, as the padding's
+        would be (exact), and one tensor serves every stage instead of a padded copy each."""
+        q, k = self.queries_and_keys(context)
+        if every_stage_values is not None:
+            return merge_heads(F.scaled_dot_product_attention(q, k, every_stage_values, scale=self.scale)[..., columns])
+        attend = attention_fused if fused else attention_math
+        return merge_heads(attend(q, k, split_heads(self.values(tokens), self.heads), self.scale))
+
+    def values(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The values with the output projection folded in, (B, N, C_i): A (V w_o + b_o) = (A V) w_o + b_o, because
+        each row of A sums to one, so w_o and b_o act on V. With the keys' folding (`queries_and_keys`) each stage
+        projects the context once and its tokens once, instead of twice each (exact)."""
         out_weight = self.out.weight.view(-1)
         value_weight = self.value.weight.view(-1) * out_weight
         value_bias = self.value.bias * out_weight + self.out.bias
-        q, k = self.queries_and_keys(context)
-        v = split_heads(torch.addcmul(value_bias, tokens, value_weight), self.heads)  # (B, h, N, C_i/h)
-        attend = attention_fused if fused else attention_math
-        return merge_heads(attend(q, k, v, self.scale))
+        return torch.addcmul(value_bias, tokens, value_weight)
 
     def queries_and_keys(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries and keys as the attention uses them, (B, h, N, C_sum/h) each; their scores equal the paper's.
@@ -292,6 +301,11 @@ class DCABlock(nn.Module):
             self.spatial_norms = nn.ModuleList(nn.LayerNorm(c, eps=1e-6) for c in features)
             self.spatial_attentions = nn.ModuleList(
                 SpatialCrossAttention(c, context_channels, h, spatial_dims) for c, h in zip(features, spatial_heads))
+        # with one head count for every stage, the stages' values per head together are as wide as the queries
+        self.value_columns = None
+        if spatial_attention and len(set(spatial_heads)) == 1:
+            ends = [0, *itertools.accumulate(c // spatial_heads[0] for c in features)]
+            self.value_columns = [slice(start, end) for start, end in zip(ends, ends[1:])]
 
     def forward(self, tokens: list[torch.Tensor], fused: bool = True) -> list[torch.Tensor]:
         if self.channel_attentions is not None:
@@ -301,7 +315,13 @@ class DCABlock(nn.Module):
         if self.spatial_attentions is not None:
             normed = [norm(t) for norm, t in zip(self.spatial_norms, tokens)]
             context = torch.cat(normed, dim=-1)
-            tokens = [t + sca(n, context, fused) for t, n, sca in zip(tokens, normed, self.spatial_attentions)]
+            if fused and self.value_columns is not None:
+                values = torch.cat([split_heads(sca.values(n), sca.heads)
+                                    for n, sca in zip(normed, self.spatial_attentions)], dim=-1)
+                tokens = [t + sca(n, context, fused, values, columns) for t, n, sca, columns
+                          in zip(tokens, normed, self.spatial_attentions, self.value_columns)]
+            else:
+                tokens = [t + sca(n, context, fused) for t, n, sca in zip(tokens, normed, self.spatial_attentions)]
         return tokens
 
 
@@ -569,9 +589,18 @@ def _update_running_stats(norm: nn.modules.batchnorm._BatchNorm, mean: torch.Ten
 
 
 def _pool_to_tokens(x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
-    """(B, C, *spatial) -> (B, N, C), N = prod(grid), by adaptive average pooling."""
-    pool = F.adaptive_avg_pool2d if len(grid) == 2 else F.adaptive_avg_pool3d
-    return pool(x, grid).flatten(2).transpose(1, 2)
+    """(B, C, *spatial) -> (B, N, C), N = prod(grid), by adaptive average pooling.
+
+    Where x is already the grid's size there is nothing to pool (adaptive pooling would copy x, forward and backward),
+    and where windows of one size tile x, plain average pooling computes the same means, faster.
+    """
+    size = tuple(x.shape[2:])
+    if size != grid:
+        if all(s % g == 0 for s, g in zip(size, grid)):
+            x = (F.avg_pool2d if len(grid) == 2 else F.avg_pool3d)(x, tuple(s // g for s, g in zip(size, grid)))
+        else:
+            x = (F.adaptive_avg_pool2d if len(grid) == 2 else F.adaptive_avg_pool3d)(x, grid)
+    return x.flatten(2).transpose(1, 2)
 
 
 def _is_positive_int(value: object) -> bool:

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nnunet_dca import DCA
-from nnunet_dca.dca import (ChannelCrossAttention, SpatialCrossAttention, capped_grid, state_dict_from_reference,
-                            upsample_linear)
+from nnunet_dca.dca import (ChannelCrossAttention, SpatialCrossAttention, _pool_to_tokens, capped_grid,
+                            state_dict_from_reference, upsample_linear)
 from nnunet_dca.naive import NaiveDCA
 
 PAPER_FEATURES = [32, 64, 128, 256]
@@ -444,6 +444,19 @@ def test_upsample_linear_equals_interpolate_with_align_corners(size_in, size_out
     expected = F.interpolate(x, size=size_out, mode=mode, align_corners=True)
     actual = upsample_linear(x, size_out)
     assert actual.shape == expected.shape and actual.is_contiguous()
+    torch.testing.assert_close(actual, expected)
+    grad = torch.randn_like(expected)
+    torch.testing.assert_close(torch.autograd.grad(actual, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
+
+
+@pytest.mark.parametrize("size, grid", [((14, 10), (14, 10)), ((56, 40), (14, 10)), ((57, 41), (14, 10)),
+                                        ((12, 8, 6), (12, 8, 6)), ((12, 8, 6), (3, 4, 2)), ((13, 8, 6), (3, 4, 2))])
+def test_pooling_to_tokens_equals_adaptive_average_pooling(size, grid):
+    # the same size is passed through and evenly tiled windows take plain average pooling: both exact
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    pool = F.adaptive_avg_pool2d if len(size) == 2 else F.adaptive_avg_pool3d
+    expected = pool(x, grid).flatten(2).transpose(1, 2)
+    actual = _pool_to_tokens(x, grid)
     torch.testing.assert_close(actual, expected)
     grad = torch.randn_like(expected)
     torch.testing.assert_close(torch.autograd.grad(actual, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
