@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nnunet_dca import DCA
-from nnunet_dca.dca import (ChannelCrossAttention, SpatialCrossAttention, _pool_to_tokens, capped_grid,
-                            state_dict_from_reference, upsample_linear)
+from nnunet_dca.dca import (NEGLIGIBLE_PROBABILITY, ChannelCrossAttention, SpatialCrossAttention, _pool_to_tokens,
+                            capped_grid, state_dict_from_reference, upsample_linear)
+from nnunet_dca.recording import DCARecorder
 from nnunet_dca.naive import NaiveDCA
 
 PAPER_FEATURES = [32, 64, 128, 256]
@@ -449,10 +450,33 @@ def test_upsample_linear_equals_interpolate_with_align_corners(size_in, size_out
     torch.testing.assert_close(torch.autograd.grad(actual, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
 
 
+def test_negligible_channel_probabilities_are_zero_and_outputs_equal_the_naive_formulation():
+    # over hundreds of tokens channel scores spread far enough for the softmax to reach subnormal floats, which slow
+    # CPU matrix products about a hundredfold; DCA sets probabilities below float32's epsilon squared to zero
+    torch.manual_seed(0)
+    features, grid = [8, 16, 32], (28, 28)
+    naive = grow_branches(NaiveDCA(features, token_grid=grid, merge="residual"))
+    with torch.no_grad():
+        for name, parameter in naive.named_parameters():
+            if re.search(r"c_attention\.\d+\.(q_map|k_map)\.proj\.depthwise\.weight$", name):
+                parameter.mul_(8)
+    dca = dca_matching(naive, token_grid=grid, merge="residual")
+    skips = skips_for(features, ladder((28, 28), 3))
+    expected = naive(skips)
+    naive_channel = naive.attention_weights["channel"][0]
+    assert any(((p > 0) & (p < NEGLIGIBLE_PROBABILITY)).any() for p in naive_channel)  # the case the test is for
+    with DCARecorder(dca) as recorder:
+        actual = dca(skips)
+    for stage in recorder.stages:
+        p = stage.channel_attention[0]
+        assert not ((p > 0) & (p < NEGLIGIBLE_PROBABILITY)).any()
+    assert_lists_close(actual, expected)
+
+
 @pytest.mark.parametrize("size, grid", [((14, 10), (14, 10)), ((56, 40), (14, 10)), ((57, 41), (14, 10)),
                                         ((12, 8, 6), (12, 8, 6)), ((12, 8, 6), (3, 4, 2)), ((13, 8, 6), (3, 4, 2))])
 def test_pooling_to_tokens_equals_adaptive_average_pooling(size, grid):
-    # the same size is passed through and evenly tiled windows take plain average pooling: both exact
+    # a skip of the grid's size is passed through: exact
     x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
     pool = F.adaptive_avg_pool2d if len(size) == 2 else F.adaptive_avg_pool3d
     expected = pool(x, grid).flatten(2).transpose(1, 2)
