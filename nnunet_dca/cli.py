@@ -254,9 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     trainer_dir_parser.set_defaults(func=cmd_trainer_dir)
 
     commands.add_parser(
-        "doctor", help="check the nnU-Net set-up (version, paths, trainer discovery)",
+        "doctor", help="check the nnU-Net set-up (version, paths, trainer discovery, allocator)",
         description="Check nnunetv2's version, nnUNet_raw/_preprocessed/_results, nnUNet_extTrainer and that "
-                    "nnU-Net's own finder loads nnUNetTrainerDCA. Exits with 1 if a check fails.",
+                    "nnU-Net's own finder loads nnUNetTrainerDCA. Exits with 1 if a check fails. Then name the "
+                    "memory allocator: on the CPU under glibc malloc, a hint with the line that preloads tcmalloc "
+                    "(never a failure).",
     ).set_defaults(func=cmd_doctor)
 
     add_config = commands.add_parser(
