@@ -3,11 +3,16 @@
 Every key is optional; the defaults follow the paper (DESIGN.md, "Defaults and why") except `merge`:
 
     "dca": {"stages": 4, "token_grid": null, "max_tokens": 1024, "n_blocks": 1, "channel_heads": 1,
-            "spatial_heads": 4, "channel_attention": true, "spatial_attention": true, "merge": "residual"}
+            "spatial_heads": 4, "channel_attention": true, "spatial_attention": true, "merge": "residual",
+            "channel_scores": "paper", "spatial_scores": "paper", "temperature": 1.0}
 
 `merge` "residual" adds the refined skip's branch to the skip and starts it at zero, so the DCA U-Net starts as the
-stock U-Net; "paper" is the paper's BatchNorm and ReLU of the sum (see nnunet_dca.dca.DCA). Blocks saved before
-`merge` existed (a model folder's `dca_resolved`, a plans-only configuration's `arch_kwargs.dca`) mean "paper".
+stock U-Net; "paper" is the paper's BatchNorm and ReLU of the sum (see nnunet_dca.dca.DCA). `channel_scores` and
+`spatial_scores` choose how each attention's scores are normalized before the softmax ("paper": scaled dot products;
+see nnunet_dca.dca.ChannelCrossAttention and SpatialCrossAttention); `temperature` is where their learnable
+temperatures start. Blocks saved before a key existed (a model folder's
+`dca_resolved`, a plans-only configuration's `arch_kwargs.dca`) mean what every model trained before it used,
+`ADDED_LATER`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ from typing import Any, Mapping
 
 # how DCA's refined skip joins the skip: see nnunet_dca.dca.DCA
 MERGES = ("paper", "residual")
+# how each attention normalizes its scores before the softmax: see nnunet_dca.dca.ChannelCrossAttention and
+# SpatialCrossAttention
+CHANNEL_SCORES = ("paper", "cosine", "standardized", "qk_norm")
+SPATIAL_SCORES = ("paper", "qk_norm")
 
 DEFAULTS: dict[str, Any] = {
     "stages": 4,
@@ -27,9 +36,12 @@ DEFAULTS: dict[str, Any] = {
     "channel_attention": True,
     "spatial_attention": True,
     "merge": "residual",
+    "channel_scores": "paper",
+    "spatial_scores": "paper",
+    "temperature": 1.0,
 }
-# what a saved block without `merge` was trained with: every model before the key existed used the paper's merge
-SAVED_BEFORE_MERGE = {"merge": "paper"}
+# keys added after models were saved, and what a saved block without them was trained with
+ADDED_LATER = {"merge": "paper", "channel_scores": "paper", "spatial_scores": "paper", "temperature": 1.0}
 
 
 def parse_dca_block(block: Mapping[str, Any] | None) -> tuple[int, dict[str, Any]]:
@@ -65,9 +77,14 @@ def parse_dca_block(block: Mapping[str, Any] | None) -> tuple[int, dict[str, Any
     for key in ("channel_attention", "spatial_attention"):
         if not isinstance(settings[key], bool):
             raise ValueError(f"dca '{key}' must be true or false, got {settings[key]!r}")
-    if settings["merge"] not in MERGES:
-        raise ValueError(f"dca 'merge' must be one of {list(MERGES)}, got {settings['merge']!r}; the default is "
-                         f"{DEFAULTS['merge']!r}")
+    temperature = settings["temperature"]
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"dca 'temperature' (where the learnable temperatures of cosine and qk_norm scores start) "
+                         f"must be a positive number, got {temperature!r}; the default is {DEFAULTS['temperature']}")
+    for key, choices in (("merge", MERGES), ("channel_scores", CHANNEL_SCORES), ("spatial_scores", SPATIAL_SCORES)):
+        if settings[key] not in choices:
+            raise ValueError(f"dca '{key}' must be one of {list(choices)}, got {settings[key]!r}; the default is "
+                             f"{DEFAULTS[key]!r}")
     if not (settings["channel_attention"] or settings["spatial_attention"]):
         raise ValueError("dca 'channel_attention' and 'spatial_attention' are both false; keep at least one on "
                          "(for a U-Net without DCA, train the stock nnUNetTrainer)")
@@ -88,11 +105,11 @@ def resolved_dca_block(block: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def saved_dca_block(block: Mapping[str, Any] | None) -> dict[str, Any]:
     """A block saved with a model (`dca_resolved`, or `arch_kwargs.dca` of a plans-only configuration), resolved
-    as `resolved_dca_block` does, with the paper's merge where the block predates the `merge` key: every other key
-    there, as nnunet-dca wrote them. A hand-written block that leaves keys out takes the defaults."""
-    predates_merge = (isinstance(block, Mapping) and "merge" not in block
-                      and set(DEFAULTS) - set(SAVED_BEFORE_MERGE) <= set(block))
-    return resolved_dca_block({**SAVED_BEFORE_MERGE, **block} if predates_merge else block)
+    as `resolved_dca_block` does, with `ADDED_LATER`'s values for the keys it predates: a block nnunet-dca wrote
+    holds every key there was, so one holding every original key was written, and a missing later key was not yet
+    there. A hand-written block that leaves original keys out takes the defaults."""
+    written = isinstance(block, Mapping) and set(DEFAULTS) - set(ADDED_LATER) <= set(block)
+    return resolved_dca_block({**ADDED_LATER, **block} if written else block)
 
 
 def _is_positive_int(value: object) -> bool:

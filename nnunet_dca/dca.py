@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from nnunet_dca.config import MERGES
+from nnunet_dca.config import CHANNEL_SCORES, MERGES, SPATIAL_SCORES
+
+CHOICES = {"merge": MERGES, "channel_scores": CHANNEL_SCORES, "spatial_scores": SPATIAL_SCORES}
 
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 BATCH_NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -65,6 +67,9 @@ def attention_probabilities(q: torch.Tensor, k: torch.Tensor, scale: float) -> t
         return torch.softmax(at_least_float32(q) @ at_least_float32(k).transpose(-2, -1) * scale, dim=-1)
 
 
+# the smallest norm a query or key is divided by, as F.normalize's default: a zero vector stays zero
+NORM_EPS = 1e-12
+
 # float32's epsilon squared: a probability below it moves no output by more than a millionth of float32's round-off
 NEGLIGIBLE_PROBABILITY = torch.finfo(torch.float32).eps ** 2
 
@@ -77,6 +82,12 @@ def flush_negligible(probabilities: torch.Tensor) -> torch.Tensor:
     times slower (measured: 5% subnormal entries, 1.1 ms -> 119 ms for one 784 x 480 x 256 product).
     """
     return probabilities.masked_fill(probabilities < NEGLIGIBLE_PROBABILITY, 0.0)
+
+
+def qk_norm_scale(keys: int) -> float:
+    """QK-norm's starting scale of cosine scores over `keys` keys, log2(L^2 - L) (Henry et al. 2020): for 140 tokens
+    14.2, for 1024 tokens 20.0, for 224 channels 15.6; 1 for a single key."""
+    return math.log2(max(keys * keys - keys, 2))
 
 
 def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -113,21 +124,33 @@ class ChannelCrossAttention(nn.Module):
     """CCA for one stage (paper, section 3.2): the stage's channels attend to the channels of all stages.
 
     Q from the stage's normalized tokens, K and V from all stages' normalized tokens concatenated along channels.
-    Per head the attention matrix is C_i/h x C_sum/h, scaled by C_sum^-0.5 as in the paper.
+    Per head the attention matrix is C_i/h x C_sum/h. Its scores Q^T K sum over all N tokens; `scores` says how they
+    are normalized before the softmax:
+    - "paper": scaled by C_sum^-0.5, as in the paper. Their spread grows with N, and rows collapse onto one channel.
+    - "cosine": each channel of Q and K L2-normalized along the tokens, so a score is a cosine in [-1, 1], times a
+      learnable per-head temperature starting at `temperature`, 1 by default (XCiT's cross-covariance attention, El-Nouby et al. 2021).
+    - "standardized": each head's score matrix standardized to mean 0 and variance 1 (an InstanceNorm without
+      affine, eps 1e-5), as UCTransNet's channel cross-attention (Wang et al. 2022).
+    - "qk_norm": the cosines times log2(L^2 - L), L = C_sum/h the keys of a row (QK-norm's starting scale, Henry et
+      al. 2020), and the learnable per-head temperature: cosines at temperature 1 leave the rows near uniform.
     tokens (B, N, C_i), context (B, N, C_sum) -> (B, N, C_i)
     """
 
-    def __init__(self, channels: int, context_channels: int, heads: int, spatial_dims: int) -> None:
+    def __init__(self, channels: int, context_channels: int, heads: int, spatial_dims: int,
+                 scores: str = "paper", temperature: float = 1.0) -> None:
         super().__init__()
         self.heads = heads
+        self.scores = scores
         self.scale = context_channels ** -0.5
         self.query = DepthwiseProjection(channels, spatial_dims)
         self.key = DepthwiseProjection(context_channels, spatial_dims)
         self.value = DepthwiseProjection(context_channels, spatial_dims)
         self.out = DepthwiseProjection(channels, spatial_dims)
+        if scores in ("cosine", "qk_norm"):
+            self.temperature = nn.Parameter(torch.full((heads, 1, 1), float(temperature)))
 
     def forward(self, tokens: torch.Tensor, context: torch.Tensor, fused: bool = True) -> torch.Tensor:
-        if fused:
+        if fused and self.scores == "paper":
             parameters = [p.view(-1) for m in (self.query, self.key, self.value, self.out) for p in (m.weight, m.bias)]
             return _ChannelAttention.apply(tokens, context, *parameters, self.heads, self.scale)
         c = split_heads(context, self.heads)  # (B, h, N, C_sum/h)
@@ -141,18 +164,33 @@ class ChannelCrossAttention(nn.Module):
         return merge_heads(c @ mixing.transpose(-2, -1) + offset)  # offset (B, h, 1, C_i/h)
 
     def attention_weights(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """softmax(Q^T K * C_sum^-0.5), float32: (B, h, C_i/h, C_sum/h), each row sums to one."""
+        """softmax of the normalized scores Q^T K, float32: (B, h, C_i/h, C_sum/h), each row sums to one."""
         q = split_heads(self.query(tokens), self.heads)  # (B, h, N, C_i/h)
         c = split_heads(context, self.heads)  # (B, h, N, C_sum/h)
-        key_weight, key_bias = (p.view(self.heads, 1, -1) for p in (self.key.weight, self.key.bias))
+        key_weight, key_bias = (at_least_float32(p).view(self.heads, 1, -1) for p in (self.key.weight, self.key.bias))
         # K = c w_k + b_k scales the context per channel, so the scaling moves onto the small C_i/h x C_sum/h
         # scores instead of an N x C_sum tensor per stage (exact): Q^T K = (Q^T c) w_k + (sum_n Q)^T b_k.
         # Q^T c sums over all N tokens before any scaling; under float16 autocast (nnU-Net's default on CUDA) that
-        # sum leaves float16's range at a few thousand tokens. The scores are C_i/h x C_sum/h: float32 costs little.
+        # sum leaves float16's range at a few thousand tokens. The scores are C_i/h x C_sum/h: float32 costs little,
+        # and the normalizations and the temperature run in float32 too.
         with torch.autocast(q.device.type, enabled=False):
             q32, c32 = at_least_float32(q), at_least_float32(c)
-            scores = (q32.transpose(-2, -1) @ c32) * key_weight + q32.sum(dim=-2).unsqueeze(-1) * key_bias
-            return flush_negligible(torch.softmax(scores * self.scale, dim=-1))
+            query_sum = q32.sum(dim=-2)  # (B, h, C_i/h)
+            scores = (q32.transpose(-2, -1) @ c32) * key_weight + query_sum.unsqueeze(-1) * key_bias
+            if self.scores == "paper":
+                scores = scores * self.scale
+            elif self.scores == "standardized":
+                scores = F.instance_norm(scores * self.scale, eps=1e-5)
+            else:  # cosines: |K_j|^2 = w_j^2 sum c_j^2 + 2 w_j b_j sum c_j + N b_j^2, from the context's column sums
+                key_norms = (key_weight.square() * c32.square().sum(dim=-2, keepdim=True)
+                             + 2 * key_weight * key_bias * c32.sum(dim=-2, keepdim=True)
+                             + c32.shape[-2] * key_bias.square()).clamp_min(0).sqrt()  # (B, h, 1, C_sum/h)
+                query_norms = q32.square().sum(dim=-2).sqrt().unsqueeze(-1)  # (B, h, C_i/h, 1)
+                scores = scores / (query_norms.clamp_min(NORM_EPS) * key_norms.clamp_min(NORM_EPS))
+                scores = scores * at_least_float32(self.temperature)
+                if self.scores == "qk_norm":
+                    scores = scores * qk_norm_scale(scores.shape[-1])
+            return flush_negligible(torch.softmax(scores, dim=-1))
 
 
 class _ChannelAttention(torch.autograd.Function):
@@ -242,18 +280,27 @@ class SpatialCrossAttention(nn.Module):
     """SCA for one stage (paper, section 3.3): every token attends to every token, queries and keys from all stages.
 
     Q and K from all stages' normalized tokens concatenated along channels, V from the stage's normalized tokens.
-    Per head the attention matrix is N x N, scaled by (C_sum/h)^-0.5.
+    Per head the attention matrix is N x N. `scores` says how its scores Q K^T are normalized before the softmax:
+    - "paper": scaled by (C_sum/h)^-0.5, as in the paper. Tokens pooled from early features differ little, and the
+      rows stay near uniform: a global average.
+    - "qk_norm": each query and key L2-normalized over its head's channels, so a score is a cosine in [-1, 1], times
+      log2(N^2 - N) (QK-norm's starting scale for N tokens, Henry et al. 2020) and a learnable per-head temperature
+      starting at 1.
     tokens (B, N, C_i), context (B, N, C_sum) -> (B, N, C_i)
     """
 
-    def __init__(self, channels: int, context_channels: int, heads: int, spatial_dims: int) -> None:
+    def __init__(self, channels: int, context_channels: int, heads: int, spatial_dims: int,
+                 scores: str = "paper", temperature: float = 1.0) -> None:
         super().__init__()
         self.heads = heads
+        self.scores = scores
         self.scale = (context_channels // heads) ** -0.5
         self.query = DepthwiseProjection(context_channels, spatial_dims)
         self.key = DepthwiseProjection(context_channels, spatial_dims)
         self.value = DepthwiseProjection(channels, spatial_dims)
         self.out = DepthwiseProjection(channels, spatial_dims)
+        if scores == "qk_norm":
+            self.temperature = nn.Parameter(torch.full((heads, 1, 1), float(temperature)))
 
     def forward(self, tokens: torch.Tensor, context: torch.Tensor, fused: bool = True,
                 every_stage_values: torch.Tensor | None = None, columns: slice | None = None) -> torch.Tensor:
@@ -261,11 +308,11 @@ class SpatialCrossAttention(nn.Module):
         this stage's are `columns`. They fill the queries' head dim as the fused kernels need, where this stage's
         values alone would be zero-padded to it: the other stages' output columns are dropped, as the padding's
         would be (exact), and one tensor serves every stage instead of a padded copy each."""
-        q, k = self.queries_and_keys(context)
+        q, k, scale = self.queries_and_keys(context)
         if every_stage_values is not None:
-            return merge_heads(F.scaled_dot_product_attention(q, k, every_stage_values, scale=self.scale)[..., columns])
+            return merge_heads(F.scaled_dot_product_attention(q, k, every_stage_values, scale=scale)[..., columns])
         attend = attention_fused if fused else attention_math
-        return merge_heads(attend(q, k, split_heads(self.values(tokens), self.heads), self.scale))
+        return merge_heads(attend(q, k, split_heads(self.values(tokens), self.heads), scale))
 
     def values(self, tokens: torch.Tensor) -> torch.Tensor:
         """The values with the output projection folded in, (B, N, C_i): A (V w_o + b_o) = (A V) w_o + b_o, because
@@ -276,23 +323,34 @@ class SpatialCrossAttention(nn.Module):
         value_bias = self.value.bias * out_weight + self.out.bias
         return torch.addcmul(value_bias, tokens, value_weight)
 
-    def queries_and_keys(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Queries and keys as the attention uses them, (B, h, N, C_sum/h) each; their scores equal the paper's.
+    def queries_and_keys(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Queries and keys as the attention uses them, (B, h, N, C_sum/h) each, and the scale of their products:
+        the softmax of scale * q k^T equals that of the normalized scores.
 
-        (Q)(c w_k + b_k)^T = (Q w_k) c^T + (Q b_k) 1^T. The second term adds one value to every score of a row,
-        which softmax cancels, so the keys are the context itself and w_k scales the queries. b_k stays in the
+        "paper": (Q)(c w_k + b_k)^T = (Q w_k) c^T + (Q b_k) 1^T. The second term adds one value to every score of a
+        row, which softmax cancels, so the keys are the context itself and w_k scales the queries. b_k stays in the
         graph with a zero gradient: DDP requires every parameter to take part.
+        "qk_norm": the normalization needs the keys themselves; the scale and the temperature go into the queries,
+        normalized in float32 (a float16 sum of squares over the head's channels overflows past 65,504).
         """
-        key_weight = self.key.weight.view(-1)
-        query_weight = self.query.weight.view(-1) * key_weight
-        query_bias = self.query.bias * key_weight + 0 * self.key.bias
-        q = split_heads(torch.addcmul(query_bias, context, query_weight), self.heads)
-        return q, split_heads(context, self.heads)
+        if self.scores == "paper":
+            key_weight = self.key.weight.view(-1)
+            query_weight = self.query.weight.view(-1) * key_weight
+            query_bias = self.query.bias * key_weight + 0 * self.key.bias
+            q = split_heads(torch.addcmul(query_bias, context, query_weight), self.heads)
+            return q, split_heads(context, self.heads), self.scale
+        with torch.autocast(context.device.type, enabled=False):
+            c32 = at_least_float32(context)
+            q, k = (F.normalize(split_heads(torch.addcmul(at_least_float32(p.bias), c32, at_least_float32(p.weight)
+                                                          .view(-1)), self.heads), dim=-1, eps=NORM_EPS)
+                    for p in (self.query, self.key))
+            q = q * (at_least_float32(self.temperature) * qk_norm_scale(context.shape[1]))
+        return q.to(context.dtype), k.to(context.dtype), 1.0
 
     def attention_weights(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """softmax(Q K^T * (C_sum/h)^-0.5), float32: (B, h, N, N), each row sums to one. `tokens` take no part
-        (the values come from them); the argument keeps the signature of the channel attention's."""
-        return attention_probabilities(*self.queries_and_keys(context), self.scale)
+        """softmax of the normalized scores Q K^T, float32: (B, h, N, N), each row sums to one. `tokens` take no
+        part (the values come from them); the argument keeps the signature of the channel attention's."""
+        return attention_probabilities(*self.queries_and_keys(context))
 
 
 class DCABlock(nn.Module):
@@ -303,18 +361,21 @@ class DCABlock(nn.Module):
     """
 
     def __init__(self, features: Sequence[int], channel_heads: Sequence[int], spatial_heads: Sequence[int],
-                 channel_attention: bool, spatial_attention: bool, spatial_dims: int) -> None:
+                 channel_attention: bool, spatial_attention: bool, spatial_dims: int, channel_scores: str = "paper",
+                 spatial_scores: str = "paper", temperature: float = 1.0) -> None:
         super().__init__()
         context_channels = sum(features)
         self.channel_norms = self.channel_attentions = self.spatial_norms = self.spatial_attentions = None
         if channel_attention:
             self.channel_norms = nn.ModuleList(nn.LayerNorm(c, eps=1e-6) for c in features)
             self.channel_attentions = nn.ModuleList(
-                ChannelCrossAttention(c, context_channels, h, spatial_dims) for c, h in zip(features, channel_heads))
+                ChannelCrossAttention(c, context_channels, h, spatial_dims, channel_scores, temperature)
+                for c, h in zip(features, channel_heads))
         if spatial_attention:
             self.spatial_norms = nn.ModuleList(nn.LayerNorm(c, eps=1e-6) for c in features)
             self.spatial_attentions = nn.ModuleList(
-                SpatialCrossAttention(c, context_channels, h, spatial_dims) for c, h in zip(features, spatial_heads))
+                SpatialCrossAttention(c, context_channels, h, spatial_dims, spatial_scores, temperature)
+                for c, h in zip(features, spatial_heads))
         # with one head count for every stage, the stages' values per head together are as wide as the queries
         self.value_columns = None
         if spatial_attention and len(set(spatial_heads)) == 1:
@@ -358,6 +419,11 @@ class DCA(nn.Module):
             to zero, so the block starts as the identity and grows from there, as nnU-Net's residual encoders
             start each residual branch at zero; no BatchNorm, so no running statistics and nothing to synchronize
             across processes.
+        channel_scores: "paper" (default), "cosine" or "standardized": how channel attention normalizes its scores
+            (see ChannelCrossAttention).
+        spatial_scores: "paper" (default) or "qk_norm": how spatial attention normalizes its scores (see
+            SpatialCrossAttention).
+        temperature: where the learnable temperatures of "cosine" and "qk_norm" scores start (default 1).
 
     Input: a list of skips, each (B, C_i, *spatial_i) with any spatial size. Output: a list of the same shapes.
     """
@@ -366,10 +432,12 @@ class DCA(nn.Module):
                  max_tokens: int | None = 1024, n_blocks: int = 1, channel_heads: int | Sequence[int] = 1,
                  spatial_heads: int | Sequence[int] = 4, channel_attention: bool = True,
                  spatial_attention: bool = True, spatial_dims: int = 2, fused_attention: bool = True,
-                 merge: str = "paper") -> None:
+                 merge: str = "paper", channel_scores: str = "paper", spatial_scores: str = "paper",
+                 temperature: float = 1.0) -> None:
         super().__init__()
-        if merge not in MERGES:
-            raise ValueError(f"merge must be one of {list(MERGES)}, got {merge!r}")
+        check_choices(merge=merge, channel_scores=channel_scores, spatial_scores=spatial_scores)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
         if isinstance(features, int) or len(features) == 0 or not all(_is_positive_int(c) for c in features):
@@ -388,7 +456,8 @@ class DCA(nn.Module):
 
         self.patch_embeddings = nn.ModuleList(DepthwiseProjection(c, spatial_dims) for c in self.features)
         self.blocks = nn.ModuleList(
-            DCABlock(self.features, channel_heads, spatial_heads, channel_attention, spatial_attention, spatial_dims)
+            DCABlock(self.features, channel_heads, spatial_heads, channel_attention, spatial_attention, spatial_dims,
+                     channel_scores, spatial_scores, temperature)
             for _ in range(n_blocks))
         self.merge = merge
         self.output_convs = nn.ModuleList(CONV[spatial_dims](c, c, kernel_size=1) for c in self.features)
@@ -468,6 +537,14 @@ class DCA(nn.Module):
             if x.shape[0] != skips[0].shape[0]:
                 raise ValueError(f"skips have different batch sizes: skip 0 has {skips[0].shape[0]}, "
                                  f"skip {i} has {x.shape[0]}")
+
+
+def check_choices(**choices: str) -> None:
+    """Raises ValueError for a `merge`, `channel_scores` or `spatial_scores` that is none of its choices."""
+    for name, value in choices.items():
+        allowed = CHOICES[name]
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
 def capped_grid(size: tuple[int, ...], max_tokens: int | None) -> tuple[int, ...]:

@@ -8,14 +8,14 @@ state dict onto `nnunet_dca.DCA`. Use `nnunet_dca.DCA` for real work.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_dca.config import MERGES
-from nnunet_dca.dca import BATCH_NORM, CONV
+from nnunet_dca.dca import BATCH_NORM, CONV, check_choices
 
 INTERPOLATION = {2: "bilinear", 3: "trilinear"}
 
@@ -29,19 +29,25 @@ def _depthwise_projection(channels: int, spatial_dims: int) -> nn.Module:
 
 
 def _attention_pair(query_channels: int, key_channels: int, value_channels: int, out_channels: int,
-                    spatial_dims: int) -> nn.Module:
+                    spatial_dims: int, heads: int, scores: str, temperature: float) -> nn.Module:
     pair = nn.Module()
     pair.q_map = _depthwise_projection(query_channels, spatial_dims)
     pair.k_map = _depthwise_projection(key_channels, spatial_dims)
     pair.v_map = _depthwise_projection(value_channels, spatial_dims)
     pair.projection = _depthwise_projection(out_channels, spatial_dims)
+    if scores in ("cosine", "qk_norm"):
+        pair.temperature = nn.Parameter(torch.full((heads, 1, 1), float(temperature)))
+    if scores == "standardized":  # UCTransNet's psi
+        pair.psi = nn.InstanceNorm2d(heads)
     return pair
 
 
 class NaiveDCA(nn.Module):
     """Dual Cross-Attention (Ates, Mohan, Celik 2023), step by step, materializing attention.
 
-    Same arguments as `nnunet_dca.DCA` except that `token_grid` is required (a tuple or an int).
+    Same arguments as `nnunet_dca.DCA` except that `token_grid` is required (a tuple or an int). The score
+    normalizations are written as their papers write them: cosine scores from queries and keys normalized with
+    F.normalize (XCiT), standardized scores through an InstanceNorm2d over the heads (UCTransNet), QK-norm likewise.
     Input: a list of skips (B, C_i, *spatial_i). Output: a list of the same shapes.
     `attention_weights` holds the attention matrices of the last call: per kind ("channel", "spatial"), per block,
     per stage, (B, h, C_i/h, C_sum/h) and (B, h, N, N).
@@ -49,11 +55,11 @@ class NaiveDCA(nn.Module):
 
     def __init__(self, features: Sequence[int], token_grid: int | Sequence[int], n_blocks: int = 1,
                  channel_heads: int = 1, spatial_heads: int = 4, channel_attention: bool = True,
-                 spatial_attention: bool = True, spatial_dims: int = 2, merge: str = "paper") -> None:
+                 spatial_attention: bool = True, spatial_dims: int = 2, merge: str = "paper",
+                 channel_scores: str = "paper", spatial_scores: str = "paper", temperature: float = 1.0) -> None:
         super().__init__()
-        if merge not in MERGES:
-            raise ValueError(f"merge must be one of {list(MERGES)}, got {merge!r}")
-        self.merge = merge
+        check_choices(merge=merge, channel_scores=channel_scores, spatial_scores=spatial_scores)
+        self.merge, self.channel_scores, self.spatial_scores = merge, channel_scores, spatial_scores
         self.attention_weights: dict[str, list[list[torch.Tensor]]] = {}
         total = sum(features)
         self.features, self.spatial_dims = list(features), spatial_dims
@@ -65,10 +71,12 @@ class NaiveDCA(nn.Module):
             block = nn.Module()
             if channel_attention:
                 block.channel_norm = nn.ModuleList(nn.LayerNorm(c, eps=1e-6) for c in features)
-                block.c_attention = nn.ModuleList(_attention_pair(c, total, total, c, spatial_dims) for c in features)
+                block.c_attention = nn.ModuleList(_attention_pair(c, total, total, c, spatial_dims, channel_heads,
+                                                                  channel_scores, temperature) for c in features)
             if spatial_attention:
                 block.spatial_norm = nn.ModuleList(nn.LayerNorm(c, eps=1e-6) for c in features)
-                block.s_attention = nn.ModuleList(_attention_pair(total, total, c, c, spatial_dims) for c in features)
+                block.s_attention = nn.ModuleList(_attention_pair(total, total, c, c, spatial_dims, spatial_heads,
+                                                                  spatial_scores, temperature) for c in features)
             self.attention.append(block)
         self.upconvs = nn.ModuleList()
         for c in features:
@@ -96,7 +104,18 @@ class NaiveDCA(nn.Module):
         h = self.channel_heads
         # heads split the channel axis; each head holds a C/h x N block
         q, k, v = (t.transpose(1, 2).unflatten(1, (h, -1)) for t in (q, k, v))
-        scores = torch.einsum("bhcn,bhkn->bhck", q, k) * context.shape[-1] ** -0.5
+        if self.channel_scores in ("cosine", "qk_norm"):
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)  # along the tokens
+        scores = torch.einsum("bhcn,bhkn->bhck", q, k)
+        if self.channel_scores == "cosine":
+            scores = scores * pair.temperature
+        elif self.channel_scores == "qk_norm":
+            n = k.shape[2]  # keys per row
+            scores = scores * pair.temperature * math.log2(n * n - n)
+        else:
+            scores = scores * context.shape[-1] ** -0.5
+        if self.channel_scores == "standardized":
+            scores = pair.psi(scores)
         weights = scores.softmax(dim=-1)
         out = torch.einsum("bhck,bhkn->bhcn", weights, v)
         return self.project(pair.projection, out.flatten(1, 2).transpose(1, 2)), weights
@@ -107,7 +126,14 @@ class NaiveDCA(nn.Module):
         q, k, v = (self.project(p, t) for p, t in ((pair.q_map, context), (pair.k_map, context), (pair.v_map, values)))
         h = self.spatial_heads
         q, k, v = (t.unflatten(2, (h, -1)) for t in (q, k, v))  # (B, N, h, C/h)
-        scores = torch.einsum("bnhc,bmhc->bhnm", q, k) * (context.shape[-1] // h) ** -0.5  # N x N per head
+        if self.spatial_scores == "qk_norm":
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)  # over each head's channels
+        scores = torch.einsum("bnhc,bmhc->bhnm", q, k)  # N x N per head
+        if self.spatial_scores == "qk_norm":
+            n = q.shape[1]
+            scores = scores * pair.temperature * math.log2(n * n - n)
+        else:
+            scores = scores * (context.shape[-1] // h) ** -0.5
         weights = scores.softmax(dim=-1)
         out = torch.einsum("bhnm,bmhc->bnhc", weights, v)
         return self.project(pair.projection, out.flatten(2)), weights

@@ -159,6 +159,110 @@ def test_residual_merge_at_initialization_trains_the_output_convs_first():
         assert (p.grad.abs().max() > 1e-6) == name.startswith("output_convs"), name
 
 
+# 1c. Score normalizations: each option of channel_scores and spatial_scores
+
+SCORE_OPTIONS = [("cosine", "paper"), ("standardized", "paper"), ("qk_norm", "paper"), ("paper", "qk_norm"),
+                 ("qk_norm", "qk_norm"), ("cosine", "qk_norm"), ("standardized", "qk_norm")]
+
+
+def randomize_temperatures(module: torch.nn.Module) -> torch.nn.Module:
+    """Temperatures start at 1; other values check that each multiplies where it should."""
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if name.endswith("temperature"):
+                parameter.uniform_(0.5, 2.0)
+    return module
+
+
+def test_the_defaults_are_the_papers_scores_without_temperatures():
+    dca = DCA(PAPER_FEATURES)
+    block = dca.blocks[0]
+    assert all(a.scores == "paper" for a in [*block.channel_attentions, *block.spatial_attentions])
+    assert not any("temperature" in name for name, _ in dca.named_parameters())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("channel_scores, spatial_scores", SCORE_OPTIONS)
+def test_score_normalizations_equal_naive_formulation_with_gradients(channel_scores, spatial_scores, dims, fused):
+    torch.manual_seed(0)
+    features, grid = [8, 16, 32], (5, 4) if dims == 2 else (3, 4, 3)
+    options = dict(channel_heads=2, merge="residual", channel_scores=channel_scores, spatial_scores=spatial_scores)
+    naive = randomize_temperatures(grow_branches(NaiveDCA(features, token_grid=grid, spatial_dims=dims, **options)))
+    dca = dca_matching(naive, token_grid=grid, fused_attention=fused, **options)
+    skips = [x.requires_grad_() for x in skips_for(features, ladder((20, 16, 12)[:dims], 3, dims))]
+    weights = [torch.randn_like(x) for x in skips]
+
+    def forward_and_gradients(module):
+        outputs = module.train()(skips)
+        loss = sum((o * w).sum() for o, w in zip(outputs, weights))
+        return outputs + list(torch.autograd.grad(loss, [*skips, *module.parameters()]))
+
+    assert_lists_close(forward_and_gradients(dca), forward_and_gradients(naive), atol=1e-4, rtol=1e-4)
+
+
+def test_cosine_scores_at_temperature_one_are_near_uniform_and_qk_norm_scales_them():
+    # cosines lie in [-1, 1]: at temperature 1 no probability exceeds e^2 / (L - 1 + e^2) of L keys, whatever N
+    torch.manual_seed(0)
+    features = [8, 16, 32]
+    tokens = [torch.randn(2, 400, c) * 10 for c in features]
+    context = torch.cat(tokens, dim=-1)
+    cosine = ChannelCrossAttention(8, 56, 1, 2, scores="cosine")
+    qk_norm = ChannelCrossAttention(8, 56, 1, 2, scores="qk_norm")
+    qk_norm.load_state_dict(cosine.state_dict())
+    bound = math.exp(2) / (55 + math.exp(2))
+    assert cosine.attention_weights(tokens[0], context).max() <= bound
+    # the same cosines times log2(56^2 - 56): log-probabilities scale with it, up to each row's constant
+    log_cosine = cosine.attention_weights(tokens[0], context).log()
+    log_qk = qk_norm.attention_weights(tokens[0], context).log()
+    centred = [x - x.mean(dim=-1, keepdim=True) for x in (log_cosine, log_qk)]
+    torch.testing.assert_close(centred[1], centred[0] * math.log2(56 * 55), atol=1e-3, rtol=1e-4)
+
+
+def test_standardized_scores_have_zero_mean_and_unit_variance_per_head():
+    torch.manual_seed(0)
+    cca = ChannelCrossAttention(16, 48, 2, 2, scores="standardized").double()
+    tokens, context = torch.randn(3, 50, 16, dtype=torch.float64) * 7, torch.randn(3, 50, 48, dtype=torch.float64) * 7
+    # by hand: the paper's scores per head from explicit Q and K, standardized over each head's whole matrix
+    q = cca.query(tokens).view(3, 50, 2, 8).permute(0, 2, 3, 1)  # (B, h, C_i/h, N)
+    k = cca.key(context).view(3, 50, 2, 24).permute(0, 2, 3, 1)  # (B, h, C_sum/h, N)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(48)
+    mean = scores.mean(dim=(-2, -1), keepdim=True)
+    variance = (scores - mean).square().mean(dim=(-2, -1), keepdim=True)
+    expected = torch.softmax((scores - mean) / torch.sqrt(variance + 1e-5), dim=-1)
+    torch.testing.assert_close(cca.attention_weights(tokens, context), expected)
+
+
+@pytest.mark.parametrize("channel_scores, spatial_scores", [("cosine", "qk_norm"), ("qk_norm", "qk_norm"),
+                                                            ("standardized", "paper")])
+def test_score_normalizations_start_as_the_identity_with_the_residual_merge(channel_scores, spatial_scores):
+    torch.manual_seed(0)
+    features = [8, 16, 32]
+    dca = DCA(features, merge="residual", channel_scores=channel_scores, spatial_scores=spatial_scores)
+    skips = skips_for(features, ladder((13, 11), 3))
+    for train in (True, False):
+        assert all(torch.equal(out, x) for out, x in zip(dca.train(train)(skips), skips))
+
+
+@pytest.mark.parametrize("channel_scores, spatial_scores", [("cosine", "qk_norm"), ("qk_norm", "qk_norm"),
+                                                            ("standardized", "qk_norm")])
+def test_score_normalizations_under_float16_autocast_have_finite_gradients(channel_scores, spatial_scores):
+    dca, skips = overflowing_float16_case((16, 16), merge="residual", channel_scores=channel_scores,
+                                          spatial_scores=spatial_scores)
+    grow_branches(dca).train()
+    with torch.autocast("cpu", dtype=torch.float16):
+        outputs = dca(skips)
+        loss = sum(o.float().square().mean() for o in outputs)
+    loss.backward()
+    assert torch.isfinite(loss)
+    temperatures = [p for name, p in dca.named_parameters() if name.endswith("temperature")]
+    assert temperatures and all(p.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in temperatures)
+    assert all(torch.isfinite(p.grad).all() for p in dca.parameters())
+    with torch.no_grad():
+        expected = dca(skips)
+    assert all(torch.isfinite(e).all() for e in expected)
+
+
 # 2. Shape-general
 
 
@@ -492,11 +596,11 @@ def test_training_with_one_value_per_channel_is_refused_by_name():
         dca([torch.randn(1, 4, 2, 2), torch.randn(1, 8, 1, 1)])
 
 
-@pytest.mark.parametrize("merge", ["paper", "residual"])
-def test_torch_compile_without_graph_breaks(merge):
+@pytest.mark.parametrize("merge, scores", [("paper", "paper"), ("residual", "paper"), ("residual", "qk_norm")])
+def test_torch_compile_without_graph_breaks(merge, scores):
     torch.manual_seed(0)
     features = [4, 8, 16]
-    dca = grow_branches(DCA(features, merge=merge))
+    dca = grow_branches(DCA(features, merge=merge, channel_scores=scores, spatial_scores=scores))
     skips = skips_for(features, ladder((20, 16), 3))
     compiled = torch.compile(dca, fullgraph=True)  # fullgraph: a graph break is an error
     outs = compiled(skips)

@@ -58,6 +58,18 @@ def test_a_block_overrides_defaults_and_json_lists_become_tuples():
     assert kwargs["token_grid"] == (8, 6) and kwargs["spatial_heads"] == (2, 4, 4) and kwargs["max_tokens"] is None
 
 
+def test_a_saved_block_without_the_later_keys_means_what_models_were_trained_with():
+    # written before the score normalizations: every original key and merge, as nnunet-dca wrote it then
+    written = {key: value for key, value in resolved_dca_block(None).items()
+               if key not in ("channel_scores", "spatial_scores", "temperature")}
+    saved = saved_dca_block(written)
+    assert (saved["merge"], saved["channel_scores"], saved["spatial_scores"], saved["temperature"]) == (
+        "residual", "paper", "paper", 1.0)
+    # and before the merge key: the paper's merge
+    del written["merge"]
+    assert saved_dca_block(written)["merge"] == "paper"
+
+
 def test_an_unknown_key_is_named_with_the_valid_ones():
     with pytest.raises(ValueError, match=r"\['heads'\].*valid keys are \['stages', 'token_grid'"):
         parse_dca_block({"heads": 4})
@@ -75,6 +87,10 @@ def test_an_unknown_key_is_named_with_the_valid_ones():
     ({"channel_attention": "yes"}, "'channel_attention' must be true or false"),
     ({"channel_attention": False, "spatial_attention": False}, "keep at least one on"),
     ({"merge": "sum"}, "'merge' must be one of \\['paper', 'residual'\\], got 'sum'"),
+    ({"channel_scores": "softmax"}, "'channel_scores' must be one of \\['paper', 'cosine', 'standardized', 'qk_norm'\\]"),
+    ({"spatial_scores": "cosine"}, "'spatial_scores' must be one of \\['paper', 'qk_norm'\\], got 'cosine'"),
+    ({"temperature": 0}, "'temperature' .* must be a positive number, got 0"),
+    ({"temperature": True}, "'temperature' .* must be a positive number"),
     ([4], "must be a JSON object"),
 ])
 def test_bad_values_say_what_to_change(block, message):

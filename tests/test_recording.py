@@ -39,6 +39,23 @@ def test_recorded_attention_equals_the_naive_formulations(dims, merge, fused):
                 torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
 
 
+@pytest.mark.parametrize("channel_scores, spatial_scores", [("cosine", "qk_norm"), ("standardized", "paper"),
+                                                            ("qk_norm", "qk_norm")])
+def test_recorded_attention_of_each_score_normalization_equals_the_naive_formulations(channel_scores, spatial_scores):
+    torch.manual_seed(0)
+    grid, top = CASES[2]
+    options = dict(merge="residual", channel_scores=channel_scores, spatial_scores=spatial_scores)
+    naive = grow_branches(NaiveDCA(FEATURES, token_grid=grid, **options))
+    dca = dca_matching(naive, token_grid=grid, **options)
+    skips = skips_for(FEATURES, ladder(top, 3, 2))
+    naive(skips)
+    with DCARecorder(dca) as recorder:
+        dca(skips)
+    for kind in ("channel", "spatial"):
+        recorded = [getattr(stage, f"{kind}_attention")[0] for stage in recorder.stages]
+        assert_lists_close(recorded, naive.attention_weights[kind][0])
+
+
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("merge", ["paper", "residual"])
 def test_recording_changes_neither_outputs_nor_state(merge, train):

@@ -19,8 +19,13 @@ from nnunet_dca.plans import add_dca_configuration
 from nnunet_dca.trainers import nnUNetTrainerDCA as trainers_module
 from nnunet_dca.trainers import trainer_dir
 from nnunet_dca.trainers.nnUNetTrainerDCA import (RESOLVED_KEY, nnUNetTrainerDCA, nnUNetTrainerDCA_5epochs,
-                                                  nnUNetTrainerDCA_CCAOnly, nnUNetTrainerDCA_FullGrid,
-                                                  nnUNetTrainerDCA_Paper, nnUNetTrainerDCA_SCAOnly)
+                                                  nnUNetTrainerDCA_CCAOnly, nnUNetTrainerDCA_ChannelCosine,
+                                                  nnUNetTrainerDCA_ChannelQKNorm,
+                                                  nnUNetTrainerDCA_ChannelStandardized, nnUNetTrainerDCA_CosineQKNorm,
+                                                  nnUNetTrainerDCA_FullGrid, nnUNetTrainerDCA_Paper,
+                                                  nnUNetTrainerDCA_QKNorm, nnUNetTrainerDCA_SCAOnly,
+                                                  nnUNetTrainerDCA_SpatialQKNorm,
+                                                  nnUNetTrainerDCA_StandardizedQKNorm)
 from plans_examples import DATASET_JSON, NotAUNet, NUM_CLASSES, PATCH_SIZES, make_plans, single_thread  # noqa: F401 (autouse)
 
 
@@ -54,6 +59,34 @@ def test_the_dca_network_starts_as_the_stock_trainers_from_the_same_seed(configu
     x = torch.randn(2, 1, *PATCH_SIZES[configuration])
     with torch.no_grad():
         assert all(torch.equal(o, e) for o, e in zip(network(x), stock(x)))
+
+
+SCORE_VARIANTS = {
+    nnUNetTrainerDCA_ChannelCosine: ("cosine", "paper"),
+    nnUNetTrainerDCA_ChannelStandardized: ("standardized", "paper"),
+    nnUNetTrainerDCA_ChannelQKNorm: ("qk_norm", "paper"),
+    nnUNetTrainerDCA_SpatialQKNorm: ("paper", "qk_norm"),
+    nnUNetTrainerDCA_QKNorm: ("qk_norm", "qk_norm"),
+    nnUNetTrainerDCA_CosineQKNorm: ("cosine", "qk_norm"),
+    nnUNetTrainerDCA_StandardizedQKNorm: ("standardized", "qk_norm"),
+}
+
+
+@pytest.mark.parametrize("trainer", list(SCORE_VARIANTS), ids=lambda t: t.__name__)
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_each_score_variant_builds_its_scores_and_starts_as_the_stock_trainers(trainer, configuration):
+    torch.manual_seed(0)
+    stock = build(nnUNetTrainer, configuration)
+    torch.manual_seed(0)
+    network = build(trainer, configuration)
+    block = network.dca.blocks[0]
+    assert ({a.scores for a in block.channel_attentions}, {a.scores for a in block.spatial_attentions}) == \
+        tuple({scores} for scores in SCORE_VARIANTS[trainer])
+    x = torch.randn(2, 1, *PATCH_SIZES[configuration])
+    with torch.no_grad():
+        for train in (True, False):
+            network.train(train), stock.train(train)
+            assert all(torch.equal(o, e) for o, e in zip(network(x), stock(x)))
 
 
 def test_the_paper_variant_builds_the_papers_block():

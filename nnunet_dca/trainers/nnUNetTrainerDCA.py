@@ -118,6 +118,48 @@ class nnUNetTrainerDCA_FullGrid(nnUNetTrainerDCA):
     dca_overrides = {"max_tokens": None}
 
 
+class nnUNetTrainerDCA_ChannelCosine(nnUNetTrainerDCA):
+    """Channel attention's scores as cosines along the tokens times a learnable per-head temperature (XCiT)."""
+    dca_overrides = {"channel_scores": "cosine"}
+
+
+class nnUNetTrainerDCA_ChannelStandardized(nnUNetTrainerDCA):
+    """Channel attention's score matrix standardized per head before the softmax (UCTransNet)."""
+    dca_overrides = {"channel_scores": "standardized"}
+
+
+class nnUNetTrainerDCA_SpatialQKNorm(nnUNetTrainerDCA):
+    """Spatial attention's queries and keys L2-normalized, times log2(N^2 - N) and a learnable per-head temperature
+    (QK-norm, Henry et al. 2020)."""
+    dca_overrides = {"spatial_scores": "qk_norm"}
+
+
+class nnUNetTrainerDCA_ChannelQKNorm(nnUNetTrainerDCA):
+    """Channel attention's cosine scores times log2(L^2 - L) over its L keys and a learnable per-head temperature
+    (QK-norm, Henry et al. 2020)."""
+    dca_overrides = {"channel_scores": "qk_norm"}
+
+
+class nnUNetTrainerDCA_QKNorm(nnUNetTrainerDCA):
+    """QK-norm in both attentions: cosine scores times log2(L^2 - L) and a learnable per-head temperature."""
+    dca_overrides = {"channel_scores": "qk_norm", "spatial_scores": "qk_norm"}
+
+
+class nnUNetTrainerDCA_QKNorm_T2(nnUNetTrainerDCA):
+    """QK-norm in both attentions, the temperatures starting at 2: twice QK-norm's starting scale."""
+    dca_overrides = {"channel_scores": "qk_norm", "spatial_scores": "qk_norm", "temperature": 2.0}
+
+
+class nnUNetTrainerDCA_CosineQKNorm(nnUNetTrainerDCA):
+    """Cosine channel scores and QK-normed spatial scores together."""
+    dca_overrides = {"channel_scores": "cosine", "spatial_scores": "qk_norm"}
+
+
+class nnUNetTrainerDCA_StandardizedQKNorm(nnUNetTrainerDCA):
+    """Standardized channel scores and QK-normed spatial scores together."""
+    dca_overrides = {"channel_scores": "standardized", "spatial_scores": "qk_norm"}
+
+
 # the epoch family, named as nnU-Net names its own (nnunetv2 .../variants/training_length/nnUNetTrainer_Xepochs.py)
 class nnUNetTrainerDCA_1epoch(nnUNetTrainerDCA):
     epochs = 1
