@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from nnunet_dca.compare import TRAIN_MODES
-from nnunet_dca.config import DEFAULTS, MERGES
+from nnunet_dca.config import CHANNEL_SCORES, DEFAULTS, MERGES, SPATIAL_SCORES
 from nnunet_dca.demo import DEFAULT_ITERATIONS, DemoError, run_demo
 from nnunet_dca.doctor import EXPORT_LINE, run_doctor
 from nnunet_dca.trainers import ext_trainer_value, trainer_dir
@@ -205,6 +205,7 @@ def cmd_train_fold(args: argparse.Namespace) -> int:
 def cmd_attention(args: argparse.Namespace) -> int:
     # imported here: nnU-Net, torch and matplotlib take seconds to import, and the other commands need none of it
     from nnunet_dca.attention import Request, run_attention
+    from nnunet_dca.attention.run import PICTURES, SUMMARY, WRITTEN
 
     request = Request(args.dataset, args.configuration, args.trainer, args.plans, args.fold, args.checkpoint,
                       args.images, Path(args.out), args.query, args.query_label, args.label, args.device,
@@ -213,16 +214,37 @@ def cmd_attention(args: argparse.Namespace) -> int:
         result = run_attention(request)
     except USER_ERRORS as e:
         raise UsageError(str(e)) from e
-    query = result["query"]
-    print(f"{result['case']}: query at image voxel {query['image_voxel']} (Z Y X; from {query['from']}), token "
-          f"{query['token']} of the {'x'.join(map(str, result['token_grid']))} grid")
-    for stage in result["stages"]:
-        spatial = [head["entropy"] for block in stage["blocks"] for head in block.get("spatial_attention", [])]
-        entropy = f", spatial attention entropy {min(spatial):.2f}-{max(spatial):.2f} nats" if spatial else ""
-        ratio = stage["skip_change_rms"]
-        change = "the skip is zero" if ratio is None else f"skip change rms {ratio:.3f} of the skip"
-        print(f"  stage {stage['stage']}: {change}{entropy}")
-    print(f"Wrote {', '.join(result['pictures'].values())}, attention.json and attention.npz to {args.out}")
+    looked_for = f"label {args.query_label}" if args.query_label is not None else "foreground"
+    for case, attention in zip(result.summary["cases"], result.cases):
+        query = attention["query"]
+        where = (f"image voxel {query['image_voxel']} (Z Y X; from {query['from']}), token {query['token']} of the "
+                 f"{'x'.join(map(str, attention['token_grid']))} grid")
+        if case["foreground"]:
+            print(f"{case['name']}: query at {where}")
+        else:
+            print(f"the model predicts no {looked_for} in {case['name']}; query at {where}, statistics over every "
+                  f"token")
+    cases = result.summary["cases"]
+    print(f"Attention over every row of {len(cases)} case(s):")
+    for stage in result.summary["statistics"]:
+        for block in stage["blocks"]:
+            name = f"stage {stage['stage']}" + (f" block {block['block']}" if len(stage["blocks"]) > 1 else "")
+            parts = []
+            if "channel" in block:
+                channel = block["channel"]
+                parts.append(f"channel attention {channel['collapsed_share']:.0%} of {channel['rows']} rows "
+                             f"collapsed, median {channel['effective']['median']:.1f} effective channels of "
+                             f"{channel['context_channels']}")
+            if "spatial" in block:
+                parts.append(f"spatial attention entropy / ln N {block['spatial']['entropy_ratio']['mean']:.3f}")
+            print(f"  {name}: {'; '.join(parts) or 'no attention'}")
+    written = f"{', '.join(PICTURES.values())}, {WRITTEN[0]} and {WRITTEN[1]}"
+    if len(cases) == 1:
+        print(f"Wrote {written} to {args.out}")
+    else:
+        print(f"Wrote {written} of each case to {Path(args.out) / 'CASE'} "
+              f"({', '.join(case['name'] for case in cases)})")
+    print(f"Wrote {' and '.join(SUMMARY)} to {args.out}")
     return 0
 
 
@@ -296,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     dca.add_argument("--merge", choices=MERGES, default=argparse.SUPPRESS,
                      help=f"how the refined skip joins the skip: residual (added, starting at zero) or paper (BatchNorm "
                           f"and ReLU of the sum) (default {DEFAULTS['merge']})")
+    dca.add_argument("--channel-scores", dest="channel_scores", choices=CHANNEL_SCORES, default=argparse.SUPPRESS,
+                     help=f"how channel attention normalizes its scores (docs/dca.md) (default "
+                          f"{DEFAULTS['channel_scores']})")
+    dca.add_argument("--spatial-scores", dest="spatial_scores", choices=SPATIAL_SCORES, default=argparse.SUPPRESS,
+                     help=f"how spatial attention normalizes its scores (default {DEFAULTS['spatial_scores']})")
+    dca.add_argument("--temperature", type=float, default=argparse.SUPPRESS,
+                     help=f"where the learnable temperatures of cosine and qk_norm scores start (default "
+                          f"{DEFAULTS['temperature']})")
     add_config.set_defaults(func=cmd_add_config)
 
     warm = commands.add_parser(
@@ -372,11 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     train_fold.set_defaults(func=cmd_train_fold)
 
     attention = commands.add_parser(
-        "attention", help="pictures of what a trained model's DCA attends to in one case",
-        description="Load a trained DCA model as nnUNetv2_predict does, preprocess one case as nnU-Net does, run the "
-                    "network on the sliding-window tile that holds the query voxel with DCA's attention recorded, and "
-                    "write into OUT: overview.png, spatial_attention.png, channel_attention.png, skip_change.png, "
-                    "attention.json and attention.npz (docs/attention.md says what each holds).")
+        "attention", help="pictures and statistics of what a trained model's DCA attends to, in one or more cases",
+        description="Load a trained DCA model as nnUNetv2_predict does; per case, preprocess it as nnU-Net does, "
+                    "predict it, run the network on the sliding-window tile that holds the query voxel with DCA's "
+                    "attention recorded, and write overview.png, spatial_attention.png, channel_attention.png, "
+                    "skip_change.png, attention.json and attention.npz (into OUT for one case, OUT/CASE for "
+                    "several); then attention_summary.json and attention_summary.png, the attention statistics "
+                    "over every case, into OUT (docs/attention.md says what each holds).")
     attention.add_argument("-d", dest="dataset", required=True, metavar="DATASET",
                            help="dataset id or name, e.g. 4 or Dataset004_Hippocampus (in nnUNet_results)")
     attention.add_argument("-c", dest="configuration", required=True, metavar="CONFIGURATION",
@@ -388,20 +420,26 @@ def build_parser() -> argparse.ArgumentParser:
     attention.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth",
                            help="the checkpoint in the fold's folder (default: checkpoint_final.pth)")
     attention.add_argument("-i", dest="images", nargs="+", required=True, metavar="IMAGE",
-                           help="the files of one case, one per channel, named as in imagesTs (CASE_0000.nii.gz ...)")
+                           help="the files of one case, one per channel, named as in imagesTs (CASE_0000.nii.gz "
+                                "...); or a folder of images, as nnUNetv2_predict -i takes; or the files of several "
+                                "cases")
     attention.add_argument("-o", dest="out", required=True, metavar="OUT", help="folder for the pictures and numbers")
     where = attention.add_mutually_exclusive_group()
     where.add_argument("--query", type=int, nargs="+", metavar="Z Y X",
-                       help="the query voxel in the image, 0-based array indices as nnU-Net's image reader orders "
-                            "them (z y x for NIfTI; y x for a 2D image)")
+                       help="the query voxel in the image (one case only), 0-based array indices as nnU-Net's "
+                            "image reader orders them (z y x for NIfTI; y x for a 2D image)")
     where.add_argument("--query-label", dest="query_label", metavar="L",
-                       help="the query at the centroid of label L (value or name) in the model's own prediction")
+                       help="the query at the centroid of label L (value or name) in the model's own prediction, "
+                            "and the statistics over its tokens (default: the predicted foreground; a case without "
+                            "it: the image's centre, statistics over every token)")
     attention.add_argument("--label", metavar="FILE", help="the case's reference segmentation, drawn beside the "
-                                                         "prediction")
+                                                         "prediction; for several cases a folder of them, CASE plus "
+                                                         "the dataset's file ending (a case without one is drawn "
+                                                         "without)")
     attention.add_argument("-device", "--device", dest="device", choices=("cuda", "cpu"), default="cuda",
                            help="device of the network (default: cuda, as nnUNetv2_predict)")
     attention.add_argument("--overwrite", action="store_true",
-                           help="replace the pictures and numbers of an earlier run in OUT (nothing else there)")
+                           help="replace the files of an earlier run in OUT (nothing else there)")
     attention.set_defaults(func=cmd_attention)
 
     demo = commands.add_parser(

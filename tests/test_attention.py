@@ -15,12 +15,13 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from conftest import DCA_STEP_TRAINER, STOCK_STEP_TRAINER, Demo, run
 from nnunet_dca.attention import AttentionError
-from nnunet_dca.attention.case import VoxelMap, read_case
+from nnunet_dca.attention import run as attention_run
+from nnunet_dca.attention.case import VoxelMap, find_cases, find_references, read_case
 from nnunet_dca.attention.figures import attention_in_query_plane, picture_size, skip_change_in_query_slice
 from nnunet_dca.attention.model import load_model
 from nnunet_dca.attention.record import TileRecord, channel_matrix, record_tile
-from nnunet_dca.attention.run import PICTURES
-from nnunet_dca.attention.tile import Tile, centroid, check_query, label_values, tile_around
+from nnunet_dca.attention.run import IMAGE_CENTRE, PICTURES, WRITTEN
+from nnunet_dca.attention.tile import Tile, centroid, check_query, cut_to_tile, label_values, tile_around
 from nnunet_dca.cli import main
 from nnunet_dca.dca import _pool_to_tokens, state_dict_from_reference
 from nnunet_dca.demo import DEMO_TRAINER, TASK_ID
@@ -170,6 +171,73 @@ def test_3d_pictures_show_the_plane_and_slice_through_the_query():
     assert change.shape == (3, 5) and change[1, 4] == 3 and change.sum() == 3
 
 
+def test_a_volume_is_cut_to_the_tile_with_zeros_where_nnunet_pads():
+    volume = np.arange(3 * 4 * 5).reshape(3, 4, 5)
+    # 3D, the tile reaching past the volume's start (padding) and end
+    cut = cut_to_tile(volume, Tile(slice_z=None, start=(-1, 2, 0), size=(4, 3, 5), query=(1, 0, 0)))
+    assert cut.shape == (4, 3, 5)
+    assert not cut[0].any() and not cut[:, 2].any()  # padded before z = 0 and past y = 3
+    assert np.array_equal(cut[1:, :2], volume[:, 2:4])
+    # 2D: the tile's slice
+    cut = cut_to_tile(volume, Tile(slice_z=2, start=(1, 1), size=(2, 3), query=(0, 0)))
+    assert np.array_equal(cut, volume[2, 1:3, 1:4])
+
+
+DATASET_JSON = {"file_ending": ".nii.gz", "channel_names": {"0": "T1w", "1": "T2w"}}
+
+
+def touch(folder: Path, *names: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+    return [folder / name for name in names]
+
+
+def test_cases_are_grouped_by_name_from_a_folder_or_a_list_of_files(tmp_path):
+    touch(tmp_path / "in", "b_0001.nii.gz", "a_0000.nii.gz", "b_0000.nii.gz", "a_0001.nii.gz", "notes.txt")
+    folder = tmp_path / "in"
+    assert find_cases([folder], DATASET_JSON) == {"a": [folder / "a_0000.nii.gz", folder / "a_0001.nii.gz"],
+                                                  "b": [folder / "b_0000.nii.gz", folder / "b_0001.nii.gz"]}
+    # given files keep their order, case by case as they first appear; read_case refuses channels out of order
+    files = [folder / "b_0001.nii.gz", folder / "a_0000.nii.gz", folder / "b_0000.nii.gz", folder / "a_0001.nii.gz"]
+    assert find_cases(files, DATASET_JSON) == {"b": [files[0], files[2]], "a": [files[1], files[3]]}
+    assert list(find_cases(files[1::2], DATASET_JSON)) == ["a"]
+
+
+@pytest.mark.parametrize("files, message", [
+    ([], "{folder} holds no .nii.gz files; give a folder of images named as in imagesTs (CASE_0000.nii.gz ...), as "
+         "nnUNetv2_predict -i takes"),
+    (["a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz"],
+     "case b has no b_0001.nii.gz: the model takes 2 channel(s), _0000 (T1w), _0001 (T2w), as in imagesTs"),
+    (["a_0000.nii.gz", "a_0001.nii.gz", "a_0002.nii.gz"],
+     "case a has a_0002.nii.gz: the model takes 2 channel(s), _0000 (T1w), _0001 (T2w), as in imagesTs"),
+])
+def test_a_folder_without_images_or_a_case_missing_a_channel_is_refused(tmp_path, files, message):
+    folder = tmp_path / "in"
+    touch(folder, "readme.txt", *files)
+    with pytest.raises(AttentionError) as refused:
+        find_cases([folder], DATASET_JSON)
+    assert str(refused.value) == message.format(folder=folder)
+
+
+def test_inputs_that_do_not_exist_or_mix_a_folder_with_files_are_refused(tmp_path):
+    (image,) = touch(tmp_path, "a_0000.nii.gz")
+    with pytest.raises(AttentionError, match=f"no such file or folder: {tmp_path / 'nothing'}"):
+        find_cases([image, tmp_path / "nothing"], DATASET_JSON)
+    with pytest.raises(AttentionError, match="got 2 paths with a folder among them; give the folder alone"):
+        find_cases([tmp_path, image], DATASET_JSON)
+
+
+def test_references_are_a_file_for_one_case_or_a_folder_for_several(tmp_path):
+    (reference,) = touch(tmp_path / "labels", "a.nii.gz")
+    assert find_references(tmp_path / "labels", ["a", "b"], ".nii.gz") == {"a": reference, "b": None}
+    assert find_references(reference, ["a"], ".nii.gz") == {"a": reference}
+    assert find_references(None, ["a", "b"], ".nii.gz") == {"a": None, "b": None}
+    with pytest.raises(AttentionError, match="is one case's reference, and -i holds 2 cases; give a folder of "
+                                             "references named CASE.nii.gz"):
+        find_references(reference, ["a", "b"], ".nii.gz")
+
+
 # the demo's models
 
 def demo_case(demo: Demo) -> tuple[list[Path], Path]:
@@ -249,9 +317,15 @@ def test_the_command_writes_the_pictures_and_numbers_of_one_case(demo, trained, 
     assert f"Wrote overview.png, spatial_attention.png, channel_attention.png, skip_change.png, attention.json and " \
            f"attention.npz to {out}" in printed
 
+    assert f"Wrote attention_summary.json and attention_summary.png to {out}" in printed
+
     result = json.loads((out / "attention.json").read_text())
     assert set(result) == {"case", "images", "label", "model", "device", "query", "tile", "preprocessed_shape",
-                           "token_grid", "stages", "pictures"}
+                           "token_grid", "stages", "statistics", "pictures"}
+    summary = json.loads((out / "attention_summary.json").read_text())
+    assert summary["statistics"] == result["statistics"]  # one case: the same rows
+    (case,) = summary["cases"]
+    assert (case["name"], case["folder"], case["query_from"]) == (result["case"], None, "--query")
     assert result["model"]["configuration"] == configuration and result["model"]["trainer"] == trainer
     assert result["query"]["image_voxel"] == query and result["query"]["from"] == "--query"
     tile = result["tile"]
@@ -291,6 +365,98 @@ def test_the_command_writes_the_pictures_and_numbers_of_one_case(demo, trained, 
         picture = imread(out / PICTURES[name])
         assert picture.shape[1::-1] == picture_size(rows, columns), name  # (width, height)
         assert picture[..., :3].std() > 0.05, name  # drawn on, not blank
+    check_summary_picture(out, len(stages))
+
+
+def check_summary_picture(out: Path, stages: int) -> None:
+    picture = imread(out / "attention_summary.png")
+    assert picture.shape[1::-1] == picture_size(stages, 2)  # per stage a histogram of each attention
+    assert picture[..., :3].std() > 0.05
+
+
+def two_demo_cases(demo: Demo, tmp_path: Path) -> tuple[list[Path], Path]:
+    """The files of the demo's first two test cases, copied into a folder of their own, and that folder."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    test_images = sorted((demo.layout.raw / demo.layout.dataset_name / "imagesTs").glob("*.nii.gz"))[:4]
+    for image in test_images:
+        (folder / image.name).write_bytes(image.read_bytes())
+    return [folder / image.name for image in test_images], folder
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("given", ["folder", "files"])
+def test_several_cases_get_a_folder_each_and_statistics_over_all_of_them(demo, tmp_path, given):
+    files, folder = two_demo_cases(demo, tmp_path)
+    out = tmp_path / "attention"
+    printed = run(["nnunet-dca", "attention", "-d", TASK_ID, "-c", "2d", "-tr", DEMO_TRAINER, "-device", "cpu",
+                   "-i", *([folder] if given == "folder" else files), "--label", demo.layout.task.test_labels,
+                   "-o", out], demo.env())
+    names = sorted({path.name.removesuffix("_0000.nii.gz").removesuffix("_0001.nii.gz") for path in files})
+    summary = json.loads((out / "attention_summary.json").read_text())
+    assert set(summary) == {"model", "device", "cases", "statistics", "targets", "cases_without_foreground"}
+    assert [case["name"] for case in summary["cases"]] == names
+    assert [case["folder"] for case in summary["cases"]] == names
+    assert summary["cases_without_foreground"] == [case["name"] for case in summary["cases"] if not case["foreground"]]
+    assert set(summary["targets"]) == {"channel_not_collapsed", "channel_not_uniform", "spatial_not_uniform",
+                                       "spatial_not_one_hot"}
+    per_case = [json.loads((out / name / "attention.json").read_text()) for name in names]
+    for name, result in zip(names, per_case):
+        assert sorted(path.name for path in (out / name).iterdir()) == sorted(WRITTEN)
+        assert result["label"] == str(demo.layout.task.test_labels / f"{name}.nii.gz")
+        assert name in printed
+    # every row of every case counts once: counts add up, means and shares are the row-weighted ones of the cases
+    for stage, statistics in enumerate(summary["statistics"]):
+        (block,) = statistics["blocks"]
+        cases = [result["statistics"][stage]["blocks"][0] for result in per_case]
+        for kind, mean in (("channel", "effective"), ("spatial", "entropy_ratio")):
+            rows = [case[kind]["rows"] for case in cases]
+            assert block[kind]["rows"] == sum(rows)
+            assert block[kind][mean]["mean"] == pytest.approx(
+                sum(n * case[kind][mean]["mean"] for n, case in zip(rows, cases)) / sum(rows))
+        assert block["channel"]["collapsed_share"] == pytest.approx(
+            sum(case["channel"]["rows"] * case["channel"]["collapsed_share"] for case in cases)
+            / block["channel"]["rows"])
+        assert block["spatial"]["rows"] == 2 * len(per_case[0]["stages"][stage]["blocks"][0]["spatial_attention"]) * \
+            np.prod(per_case[0]["token_grid"])  # every token's row of every head, in two cases
+        assert f"  stage {stage}: channel attention " in printed
+    check_summary_picture(out, len(summary["statistics"]))
+    assert f"Wrote attention_summary.json and attention_summary.png to {out}" in printed
+    assert f"attention.npz of each case to {out / 'CASE'} ({', '.join(names)})" in printed
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("query_label", [None, "cyst"])
+def test_a_case_without_the_predicted_foreground_is_summarized_over_every_token(demo, tmp_path, monkeypatch, capsys,
+                                                                                 query_label):
+    use_demo_folders(demo, monkeypatch)
+    files, folder = two_demo_cases(demo, tmp_path)
+    empty = files[0].name.removesuffix("_0000.nii.gz")
+    predict = attention_run._predict
+
+    def predicts_nothing_in_the_first_case(model, case):  # as a model that finds nothing there would
+        prediction = predict(model, case)
+        return np.zeros_like(prediction) if case.name == empty else prediction
+
+    monkeypatch.setattr(attention_run, "_predict", predicts_nothing_in_the_first_case)
+    out = tmp_path / "attention"
+    assert main(["attention", "-d", str(TASK_ID), "-c", "2d", "-tr", DEMO_TRAINER, "-device", "cpu", "-i", str(folder),
+                 "-o", str(out), *(["--query-label", query_label] if query_label else [])]) == 0
+    printed = capsys.readouterr().out
+    what = f"label {query_label}" if query_label else "foreground"
+    assert f"the model predicts no {what} in {empty}; query at image voxel " in printed
+    assert f"(Z Y X; from {IMAGE_CENTRE}), token " in printed and "statistics over every token" in printed
+    assert "predicts no any" not in printed
+    summary = json.loads((out / "attention_summary.json").read_text())
+    assert summary["cases_without_foreground"][0] == empty
+    assert summary["cases"][0] == {"name": empty, "folder": empty, "foreground": False, "query_from": IMAGE_CENTRE}
+    result = json.loads((out / empty / "attention.json").read_text())
+    assert result["query"]["preprocessed_voxel"] == [size // 2 for size in result["preprocessed_shape"]]
+    for stage, entry in zip(result["stages"], result["statistics"]):
+        (block,) = entry["blocks"]
+        assert block["spatial_foreground"] is None  # no mask: over every token
+        assert block["spatial"]["rows"] == len(stage["blocks"][0]["spatial_attention"]) * np.prod(result["token_grid"])
+    assert sorted(path.name for path in (out / empty).iterdir()) == sorted(WRITTEN)
 
 
 def test_the_channel_matrix_puts_each_heads_weights_on_the_diagonal():
@@ -320,6 +486,17 @@ def bad_inputs(demo: Demo, stock_2d_model: Path, tmp_path: Path) -> dict[str, tu
     (occupied / "overview.png").write_bytes(b"the user's")
     model = ["-d", str(TASK_ID), "-c", "2d", "-tr", DEMO_TRAINER]
     case = ["-i", *map(str, images), "-o", str(tmp_path / "out")]
+    empty = tmp_path / "empty"
+    touch(empty, "readme.txt")
+    two_cases, _ = two_demo_cases(demo, tmp_path)
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    for image in two_cases[:3]:  # the second case without its _0001
+        (missing / image.name).write_bytes(image.read_bytes())
+    second = two_cases[2].name.removesuffix("_0000.nii.gz")
+    occupied_case = tmp_path / "occupied_cases" / second
+    occupied_case.mkdir(parents=True)
+    (occupied_case / "attention.json").write_text("the user's")
     return {
         "no model folder": (["-d", str(TASK_ID), "-c", "2d", "-tr", "nnUNetTrainerDCA_untrained", *case],
                             "no model folder "),
@@ -328,7 +505,22 @@ def bad_inputs(demo: Demo, stock_2d_model: Path, tmp_path: Path) -> dict[str, tu
         "no DCA": (["-d", str(TASK_ID), "-c", "2d", "-tr", stock_2d_model.name.split("__")[0], *case],
                    "(PlainConvUNet) has no DCA"),
         "channels": ([*model, "-i", str(images[0]), "-o", str(tmp_path / "out")],
-                     "the model takes 2 channel(s), _0000 (T1w), _0001 (T2w), as in imagesTs; got 1 file(s) holding 1"),
+                     f"case {images[0].name.removesuffix('_0000.nii.gz')} has no {images[1].name}: the model takes 2 "
+                     f"channel(s), _0000 (T1w), _0001 (T2w), as in imagesTs"),
+        "missing channel": ([*model, "-i", str(missing), "-o", str(tmp_path / "out")],
+                            f"case {second} has no {second}_0001.nii.gz: the model takes 2 channel(s), _0000 (T1w), "
+                            f"_0001 (T2w), as in imagesTs"),
+        "empty folder": ([*model, "-i", str(empty), "-o", str(tmp_path / "out")],
+                         f"{empty} holds no .nii.gz files; give a folder of images named as in imagesTs"),
+        "no such input": ([*model, "-i", str(tmp_path / "nowhere"), "-o", str(tmp_path / "out")],
+                          f"no such file or folder: {tmp_path / 'nowhere'}"),
+        "query with several cases": ([*model, "-i", *map(str, two_cases), "-o", str(tmp_path / "out"), "--query", "0",
+                                      "5", "5"], "--query Z Y X names a voxel of one case, and -i holds 2 cases"),
+        "case output taken": ([*model, "-i", *map(str, two_cases), "-o", str(occupied_case.parent)],
+                              f"{occupied_case.parent} already holds {second}/attention.json; give another -o, or "
+                              f"--overwrite"),
+        "one reference for several cases": ([*model, "-i", *map(str, two_cases), "-o", str(tmp_path / "out"),
+                                             "--label", str(label)], "is one case's reference, and -i holds 2 cases"),
         "channel order": ([*model, "-i", str(images[1]), str(images[0]), "-o", str(tmp_path / "out")],
                           "the files are channels _0001, _0000; give the case's files in channel order: _0000 (T1w), "
                           "_0001 (T2w)"),
@@ -351,7 +543,8 @@ def bad_inputs(demo: Demo, stock_2d_model: Path, tmp_path: Path) -> dict[str, tu
 
 BAD_INPUTS = ["no model folder", "no fold", "no checkpoint", "not a checkpoint", "no DCA", "channels", "channel order",
               "dimensionality", "query outside", "unknown label", "background label", "missing label file",
-              "reference values", "another file type", "output taken"]
+              "reference values", "another file type", "output taken", "missing channel", "empty folder",
+              "no such input", "query with several cases", "one reference for several cases", "case output taken"]
 
 
 @pytest.mark.e2e

@@ -246,6 +246,18 @@ def test_add_config_writes_the_papers_merge_when_asked(plans_file):
         "merge"] == "paper"
 
 
+def test_add_config_writes_the_score_normalizations_when_asked(plans_file):
+    assert main(["add-config", "999", "--channel-scores", "qk_norm", "--spatial-scores", "qk_norm",
+                 "--temperature", "2"]) == 0
+    dca = json.loads(plans_file.read_text())["configurations"]["2d_dca"]["architecture"]["arch_kwargs"]["dca"]
+    assert (dca["channel_scores"], dca["spatial_scores"], dca["temperature"]) == ("qk_norm", "qk_norm", 2.0)
+
+
+def test_add_config_refuses_a_temperature_that_is_not_positive(plans_file, capsys):
+    assert main(["add-config", "999", "--temperature", "0"]) != 0
+    assert "dca 'temperature'" in capsys.readouterr().err
+
+
 def test_add_config_names_the_plans_identifier_in_the_train_command(plans_file, capsys):
     plans_file.rename(plans_file.with_name("nnUNetResEncUNetMPlans.json"))
     assert main(["add-config", "Dataset999_Tiny", "-p", "nnUNetResEncUNetMPlans", "-c", "3d_fullres"]) == 0

@@ -60,6 +60,62 @@ class Case:
     voxels: VoxelMap
 
 
+def find_cases(inputs: Sequence[str | Path], dataset_json: dict) -> dict[str, list[Path]]:
+    """The files of each case, by case name, from what -i takes: one case's files, a folder of images as
+    `nnUNetv2_predict -i` takes it, or the files of several cases. Files are grouped by name, CASE of CASE_0000.ext,
+    as nnU-Net groups them (a folder's in sorted order, given files in the order given: read_case refuses channels
+    out of order). Refuses, in one line, a path that does not exist, a folder among other paths, a folder without
+    images, a file of another ending and a case missing a channel or holding one the model does not take."""
+    ending = dataset_json["file_ending"]
+    paths = [Path(path) for path in inputs]
+    for path in paths:
+        if not path.exists():
+            raise AttentionError(f"no such file or folder: {path}")
+    if any(path.is_dir() for path in paths):
+        if len(paths) > 1:
+            raise AttentionError(f"-i takes one folder of images or a list of files, got {len(paths)} paths with a "
+                                 f"folder among them; give the folder alone")
+        folder = paths[0]
+        # nnU-Net's create_lists_from_splitted_dataset_folder groups the same way, but takes every name to carry a
+        # channel suffix (it cuts five characters off blindly) and starts a process pool for it
+        paths = sorted(path for path in folder.iterdir() if path.is_file() and path.name.endswith(ending))
+        if not paths:
+            raise AttentionError(f"{folder} holds no {ending} files; give a folder of images named as in imagesTs "
+                                 f"(CASE_0000{ending} ...), as nnUNetv2_predict -i takes")
+    cases: dict[str, list[Path]] = {}
+    for path in paths:
+        if not path.name.endswith(ending):
+            raise AttentionError(f"{path} is not a {ending} file, as the dataset's images are; convert it, or give "
+                                 f"the case's {ending} files")
+        cases.setdefault(_case_name(path, ending), []).append(path)
+    channels = len(dataset_json.get("channel_names", dataset_json.get("modality")))
+    for name, files in cases.items():
+        suffixes = {_channel_suffix(path, ending) for path in files}
+        if None in suffixes:  # a name without a channel suffix: read_case counts the channels it holds
+            continue
+        missing = sorted(set(range(channels)) - suffixes)
+        extra = sorted(suffixes - set(range(channels)))
+        if missing or extra:
+            problem = f"has no {name}_{missing[0]:04d}{ending}" if missing else f"has {name}_{extra[0]:04d}{ending}"
+            raise AttentionError(f"case {name} {problem}: the model takes {channels} channel(s), "
+                                 f"{_expected_channels(dataset_json)}, as in imagesTs")
+    return cases
+
+
+def find_references(label: str | Path | None, names: Sequence[str], ending: str) -> dict[str, Path | None]:
+    """Each case's reference segmentation from --label: a file (one case) or a folder of CASE.ext files, where a
+    case without one is drawn without a reference. A file for several cases is refused."""
+    if label is None:
+        return {name: None for name in names}
+    label = Path(label)
+    if label.is_dir():
+        return {name: label / f"{name}{ending}" if (label / f"{name}{ending}").is_file() else None for name in names}
+    if len(names) > 1:
+        raise AttentionError(f"--label {label} is one case's reference, and -i holds {len(names)} cases; give a "
+                             f"folder of references named CASE{ending}")
+    return {names[0]: label}  # read_case refuses one that does not exist
+
+
 def read_case(images: Sequence[str | Path], label: str | Path | None, plans_manager: PlansManager,
               configuration_manager: ConfigurationManager, dataset_json: dict) -> Case:
     """Reads a case's files (named as in imagesTs, CASE_0000 ...) and its reference segmentation, if given, with the
@@ -75,7 +131,7 @@ def read_case(images: Sequence[str | Path], label: str | Path | None, plans_mana
             raise AttentionError(f"{path} is not a {ending} file, as the dataset's images are; convert it, or give "
                                  f"the case's {ending} files")
     channel_names = dataset_json.get("channel_names", dataset_json.get("modality"))
-    expected = ", ".join(f"_{int(key):04d} ({name})" for key, name in channel_names.items())
+    expected = _expected_channels(dataset_json)
     suffixes = [_channel_suffix(path, ending) for path in images]
     if None not in suffixes and suffixes != list(range(len(images))):
         raise AttentionError(f"the files are channels {', '.join(f'_{s:04d}' for s in suffixes)}; give the case's "
@@ -105,6 +161,12 @@ def read_case(images: Sequence[str | Path], label: str | Path | None, plans_mana
                       tuple(after["shape_after_cropping_and_before_resampling"]), tuple(data.shape[1:]))
     return Case(_case_name(images[0], ending), images, list(channel_names.values()), image_shape, data, reference,
                 voxels)
+
+
+def _expected_channels(dataset_json: dict) -> str:
+    """"_0000 (T1w), _0001 (T2w)": the model's channels as imagesTs names them."""
+    channel_names = dataset_json.get("channel_names", dataset_json.get("modality"))
+    return ", ".join(f"_{int(key):04d} ({name})" for key, name in channel_names.items())
 
 
 def _read(reader: BaseReaderWriter, paths: list[Path], reading: str = "the image") -> tuple[np.ndarray, dict]:

@@ -113,6 +113,48 @@ def skip_changes(path: Path, record: TileRecord, tile: Tile, summary: Sequence[d
     return _save(figure, path)
 
 
+def attention_summary(path: Path, rows: list[list[dict]], summary: Sequence[dict], title: str) -> Path:
+    """Rows: stage (and block). Left: histogram of channel attention's effective number of attended channels over
+    every row (log x; lines at 3 and C_sum / 4, the targets' bounds on the median, and at C_sum). Right: histogram of
+    spatial attention's entropy / ln N over every query row (lines at 0.95, the target's bound, and at 1, uniform).
+    rows: statistics.joined_rows of every case; summary: statistics.summarize of the same."""
+    entries = [(stage, block, entry, numbers) for stage, (blocks, stage_summary) in enumerate(zip(rows, summary))
+               for block, (entry, numbers) in enumerate(zip(blocks, stage_summary["blocks"]))]
+    several_blocks = any(len(blocks) > 1 for blocks in rows)
+    figure, axes = _panels(max(len(entries), 1), 2, title, ticks=True)
+    for (stage, block, entry, numbers), (left, right) in zip(entries, axes):
+        name = f"stage {stage}" + (f" block {block}" if several_blocks else "")
+        if entry["channel"] is None:
+            left.set_axis_off()
+            left.set_title(f"{name}: no channel attention", fontsize="small")
+        else:
+            heads, c_sum = entry["channel_shape"]  # a row's length: C_sum / h
+            # exp(entropy) is at least 1; rounding may put it a hair below
+            left.hist(np.clip(entry["channel"]["effective"], 1, c_sum), bins=np.geomspace(1, c_sum, 41))
+            left.set_xscale("log")
+            for bound, colour in ((3, "tab:red"), (c_sum / 4, "tab:red"), (c_sum, "gray")):
+                left.axvline(bound, color=colour, linestyle="--", linewidth=1)
+            channel = numbers["channel"]
+            left.set_title(f"{name}: channel attention, {channel['rows']} rows\nmedian "
+                           f"{channel['effective']['median']:.1f} of {'C_sum' if heads == 1 else 'C_sum / h'} {c_sum}, "
+                           f"{channel['collapsed_share']:.0%} collapsed", fontsize="small")
+            left.set_xlabel("effective channels, exp(entropy)", fontsize="small")
+        if entry["spatial"] is None:
+            right.set_axis_off()
+            right.set_title(f"{name}: no spatial attention", fontsize="small")
+        else:
+            right.hist(np.clip(entry["spatial"]["entropy_ratio"], 0, 1), bins=np.linspace(0, 1, 51))
+            right.axvline(0.95, color="tab:red", linestyle="--", linewidth=1)
+            right.axvline(1, color="gray", linestyle="--", linewidth=1)
+            spatial = numbers["spatial"]
+            right.set_title(f"{name}: spatial attention, {spatial['rows']} rows\nmean "
+                            f"{spatial['entropy_ratio']['mean']:.3f}, N = {entry['tokens']}", fontsize="small")
+            right.set_xlabel("entropy / ln N", fontsize="small")
+        for axis in (left, right):
+            axis.tick_params(labelsize="x-small")
+    return _save(figure, path)
+
+
 def attention_in_query_plane(record: TileRecord, weights: torch.Tensor) -> torch.Tensor:
     """The query token's spatial attention from a block's weights (1, h, N, N) as (h, G_y, G_x): in 3D the plane of
     tokens through the query's."""
@@ -144,12 +186,13 @@ def _block(block: int, record: TileRecord) -> str:
     return f" block {block}" if blocks > 1 else ""
 
 
-def _panels(rows: int, columns: int, title: str, merge_columns: bool = False) -> tuple[Figure, list[list]]:
+def _panels(rows: int, columns: int, title: str, merge_columns: bool = False, ticks: bool = False
+            ) -> tuple[Figure, list[list]]:
     width, height = picture_size(rows, columns)
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
     figure.suptitle(title, fontsize="small")
     axes = figure.subplots(rows, 1 if merge_columns else columns, squeeze=False)
-    for axis in axes.flat:
+    for axis in axes.flat if not ticks else []:  # images need no ticks; histograms do
         axis.set_xticks([])
         axis.set_yticks([])
     return figure, axes.tolist()

@@ -88,3 +88,16 @@ def check_query(query: Sequence[int], image_shape: Sequence[int]) -> tuple[int, 
         raise AttentionError(f"--query {' '.join(map(str, query))} is outside the image, whose voxels run from 0 0 0 "
                              f"to {' '.join(str(size - 1) for size in image_shape)} (Z Y X)")
     return tuple(int(q) for q in query)
+
+
+def cut_to_tile(volume: np.ndarray, tile: Tile) -> np.ndarray:
+    """A (Z, Y, X) volume in preprocessed voxels cut to the tile: (*patch), the tile's slice for a 2D configuration;
+    zero where the tile lies outside the volume (nnU-Net's padding)."""
+    if tile.slice_z is not None:
+        volume = volume[tile.slice_z]
+    cut = np.zeros(tile.size, dtype=volume.dtype)
+    source = tuple(slice(max(s, 0), min(s + size, length)) for s, size, length in zip(tile.start, tile.size,
+                                                                                       volume.shape))
+    target = tuple(slice(src.start - s, src.stop - s) for src, s in zip(source, tile.start))
+    cut[target] = volume[source]
+    return cut
