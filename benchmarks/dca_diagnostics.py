@@ -6,8 +6,10 @@ moves), per stage DCA refines:
 - branch / skip: the rms of the branch DCA adds (the refined tokens' 1x1 conv, at the skip's size) over the skip's;
 - refined <= 0: the share of the refined skip at or below zero (the paper's ReLU zeroes it), beside the stock
   skip's own share (after the encoder's LeakyReLU);
-- channel and spatial attention: the mean largest probability of a row (uniform: 1 / row length) and the mean
-  entropy over the uniform's (1 is uniform, 0 one-hot), first block;
+- channel attention (nnunet_dca.attention.statistics, first block): the share of rows collapsed onto one channel
+  (largest probability above 0.5) and the median effective number of attended channels, exp(entropy), against
+  C_sum; spatial attention: the mean entropy over ln N (1 is uniform, 0 one-hot) and the mean largest probability
+  times N (1 is uniform);
 - update / weight: ||change|| / ||weights|| of the stage's DCA parameters in the optimizer step taken there;
 and for the network, how far its logits are from those of the stock U-Net with the same encoder and decoder
 weights (max |difference| over the stock logits' range), in training and evaluation mode.
@@ -45,16 +47,6 @@ def dca_stage(parameter_name: str) -> int | None:
     return int(parts[2] if parts[1] in STAGE_LISTS else parts[4])  # blocks.<block>.<list>.<stage>
 
 
-def attention_statistics(weights: torch.Tensor) -> tuple[float, float, float]:
-    """(mean largest probability of a row, the uniform row's, mean entropy of a row over the uniform row's) of
-    attention weights (..., rows, length)."""
-    import torch
-
-    entropy = -(weights * torch.log(weights.clamp_min(1e-30))).sum(-1)
-    length = weights.shape[-1]
-    return weights.amax(-1).mean().item(), 1 / length, (entropy / math.log(length)).mean().item()
-
-
 def update_over_weight(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """||after - before|| / ||before|| over (parameter after the step, its copy before) pairs."""
     change = sum((after.detach() - before).square().sum().item() for after, before in pairs)
@@ -73,6 +65,7 @@ def probe(network: torch.nn.Module, data: torch.Tensor) -> tuple[list[dict], dic
     """Per-stage statistics, and the logits' distance from the stock U-Net's, of `network` on `data`."""
     import torch
 
+    from nnunet_dca.attention.statistics import attention_rows, summarize
     from nnunet_dca.recording import DCARecorder
 
     copied = copy.deepcopy(network).eval()
@@ -82,15 +75,12 @@ def probe(network: torch.nn.Module, data: torch.Tensor) -> tuple[list[dict], dic
         with DCARecorder(copied.dca) as recorder:
             logits["train"] = copied(data)[0]
         stock["train"] = copied.decoder(copied.encoder(data))[0]
+    attention = summarize([attention_rows(recorder.stages)])
     stages = []
-    for record in recorder.stages:
+    for record, statistics in zip(recorder.stages, attention):
         row = {"branch_over_skip": rms(record.branch) / rms(record.skip),
                "refined_nonpositive": (record.refined <= 0).float().mean().item(),
-               "skip_nonpositive": (record.skip <= 0).float().mean().item()}
-        for kind in ("channel_attention", "spatial_attention"):
-            weights = getattr(record, kind)
-            if weights:
-                row[kind] = attention_statistics(weights[0])
+               "skip_nonpositive": (record.skip <= 0).float().mean().item(), **statistics["blocks"][0]}
         stages.append(row)
     distance = {mode: ((logits[mode] - stock[mode]).abs().max() / (stock[mode].max() - stock[mode].min())).item()
                 for mode in logits}
@@ -123,8 +113,11 @@ def diagnose(trainer: nnUNetTrainer, marks: list[int], iterations: int) -> tuple
             for stage, row in enumerate(stages):
                 cells = [f"{row['branch_over_skip']:.3f}", f"{row['refined_nonpositive']:.2f} "
                          f"({row['skip_nonpositive']:.2f})"]
-                for kind in ("channel_attention", "spatial_attention"):
-                    cells.append("{:.3f} [{:.3f}] / {:.2f}".format(*row[kind]) if kind in row else "off")
+                channel, spatial = row.get("channel"), row.get("spatial")
+                cells.append(f"{channel['collapsed_share']:.2f} / {channel['effective']['median']:.1f} "
+                             f"[{channel['context_channels']}]" if channel else "off")
+                cells.append(f"{spatial['entropy_ratio']['mean']:.3f} / {spatial['max_times_n']['mean']:.2f} "
+                             f"[{spatial['tokens']}]" if spatial else "off")
                 cells.append(number(ratios[stage], ".2e"))
                 stage_rows.append(f"| {name} | {iteration} | {stage} | " + " | ".join(cells) + " |")
             network_rows.append(f"| {name} | {iteration} | {distance['train']:.4f} | {distance['eval']:.4f} | "
@@ -170,8 +163,8 @@ def main() -> None:
              f"{args.seed}; {environment(args.device)}")
     print_table(f"DCA per stage, training mode, one fixed batch of validation patches; {title}",
                 ["trainer", "iteration", "stage", "branch / skip (rms)", "refined <= 0 (stock skip)",
-                 "channel attention: largest p [uniform] / entropy",
-                 "spatial attention: largest p [uniform] / entropy",
+                 "channel attention: rows with largest p > 0.5 / median effective channels [C_sum]",
+                 "spatial attention: mean entropy over ln N / mean largest p x N [N]",
                  "update / weight (that step)"], stage_rows)
     print()
     print_table("Logits against the stock U-Net with the same encoder and decoder weights: max |difference| over "

@@ -79,3 +79,60 @@ def new_trainer(trainer_name: str, dataset: str, configuration: str, fold: int, 
     seed_everything(seed + 1_000_003)
     return trainer
 
+
+
+def validation_probe(trainer, cases: int = 20):
+    """One fixed batch of the first `cases` validation cases (sorted), a patch each: (data (B, C, *patch) float32,
+    foreground (B, *patch) bool). A 2D configuration takes each case's slice with the most foreground; the patch is
+    centred on the foreground's centroid (the image's centre without foreground), zero-padded where the image is
+    smaller, as nnU-Net pads."""
+    import torch
+
+    patch = tuple(trainer.configuration_manager.patch_size)
+    _, dataset_val = trainer.get_tr_and_val_datasets()
+    images, masks = [], []
+    for key in sorted(dataset_val.identifiers)[:cases]:
+        data, seg, *_ = dataset_val.load_case(key)
+        data, foreground = np.asarray(data, dtype=np.float32), np.asarray(seg[0]) > 0
+        if len(patch) == 2:
+            z = int(foreground.sum(axis=(1, 2)).argmax())
+            data, foreground = data[:, z], foreground[z]
+        voxels = np.argwhere(foreground)
+        centre = voxels.mean(axis=0) if len(voxels) else (np.array(foreground.shape) - 1) / 2
+        image, mask = np.zeros((data.shape[0], *patch), np.float32), np.zeros(patch, bool)
+        source, target = [], []
+        for c, size, length in zip(centre, patch, foreground.shape):
+            start = int(round(c - size / 2)) if length > size else (length - size) // 2
+            start = min(max(start, 0), length - size) if length > size else start
+            source.append(slice(max(start, 0), min(start + size, length)))
+            target.append(slice(max(-start, 0), max(-start, 0) + min(start + size, length) - max(start, 0)))
+        image[(slice(None), *target)] = data[(slice(None), *source)]
+        mask[tuple(target)] = foreground[tuple(source)]
+        images.append(image)
+        masks.append(mask)
+    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
+
+
+def attention_summary(network, probe) -> list[dict]:
+    """nnunet_dca.attention.statistics' summary of the network's DCA on the probe's batch (evaluation mode, no
+    gradients, the network's mode restored after)."""
+    import torch
+
+    from nnunet_dca.attention.statistics import attention_rows, summarize
+    from nnunet_dca.recording import DCARecorder
+
+    network = getattr(network, "module", network)
+    network = getattr(network, "_orig_mod", network)
+    data, foreground = probe
+    was_training = network.training
+    device = next(network.parameters()).device
+    network.eval()
+    try:
+        with torch.no_grad(), DCARecorder(network.dca) as recorder:
+            network(data.to(device))
+    finally:
+        network.train(was_training)
+    stages = [type(s)(**{k: (v.float().cpu() if isinstance(v, torch.Tensor) else [w.float().cpu() for w in v])
+                         for k, v in vars(s).items()}) for s in recorder.stages]
+    grid = network.dca.grid_for([s.skip for s in stages])
+    return summarize([attention_rows(stages, foreground, grid)])

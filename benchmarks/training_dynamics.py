@@ -14,7 +14,9 @@ after them) and, with --workers 0 (augmentation in this process), so is every ba
 -d is a dataset in your nnUNet_preprocessed (id or name), or msd-hippocampus / isbi2012-em, the real data in
 ../shared/data, converted and preprocessed into OUT on first use. Prints, per mark and trainer, the median, worst and
 best over the runs, the time per iteration, and the first trainer's targets for the others; writes every curve to
-OUT/curves.json after each run (a rerun with the same settings continues from there) and OUT/curves.png.
+OUT/curves.json after each run (a rerun with the same settings continues from there), OUT/curves.png and, for DCA
+trainers, OUT/attention.png: the attention statistics (nnunet_dca.attention.statistics) of --attention-cases
+validation cases, a patch each, at every mark.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from measure import environment, print_table
-from nnunet_training import new_trainer, set_up_folders
+from nnunet_training import attention_summary, new_trainer, set_up_folders, validation_probe
 
 CURVES = ("train_loss", "val_loss", "pseudo_dice")
 LABELS = {"train_loss": "training loss", "val_loss": "validation loss", "pseudo_dice": "pseudo Dice"}
@@ -58,6 +60,16 @@ def train_once(trainer_name: str, dataset: str, args: argparse.Namespace, seed: 
         return result
 
     trainer.train_step = timed_train_step
+    attention = []
+    if hasattr(trainer.network, "dca") and args.attention_cases:
+        probe = validation_probe(trainer, args.attention_cases)
+        on_epoch_end = trainer.on_epoch_end
+
+        def on_epoch_end_with_attention() -> None:  # at each mark, after the epoch's validation
+            attention.append(attention_summary(trainer.network, probe))
+            on_epoch_end()
+
+        trainer.on_epoch_end = on_epoch_end_with_attention
     start = time.perf_counter()
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         trainer.run_training()
@@ -71,6 +83,7 @@ def train_once(trainer_name: str, dataset: str, args: argparse.Namespace, seed: 
         "val_loss": [float(v) for v in log.get_value("val_losses", None)],
         "pseudo_dice": [float(v) for v in log.get_value("mean_fg_dice", None)],
         "dice_per_label": [[float(d) for d in v] for v in log.get_value("dice_per_class_or_region", None)],
+        "attention": attention,
         "train_step_seconds": statistics.median(step_seconds),
         "seconds_per_iteration": seconds / args.iterations,
     }
@@ -117,6 +130,15 @@ def print_tables(results: dict[str, list[dict]], args: argparse.Namespace) -> No
     for name in others:
         print()
         print("\n".join(target_lines(results[name], results[baseline], name, baseline)))
+    attention_rows = [f"| {args.every * (mark + 1)} | {name} | " + " | ".join(attention_cells(runs, mark)) + " |"
+                      for mark in marks for name, runs in results.items() if runs and runs[0].get("attention")]
+    if attention_rows:
+        print()
+        print_table(f"DCA's attention on {args.attention_cases} validation cases (a patch each, evaluation mode), "
+                    "first block, per stage 0 / 1 / ...: median over the runs",
+                    ["iteration", "trainer", "channel: rows with largest p > 0.5", "channel: median effective "
+                     "channels [C_sum]", "spatial: mean entropy / ln N", "spatial: mean largest p x N [N]",
+                     "spatial, foreground queries: mean entropy / ln N"], attention_rows)
 
 
 def target_lines(runs: list[dict], baseline_runs: list[dict], name: str, baseline: str) -> list[str]:
@@ -137,6 +159,31 @@ def target_lines(runs: list[dict], baseline_runs: list[dict], name: str, baselin
     lines.append(f"- median validation loss at every mark <= baseline's + {VAL_LOSS_MARGIN}: "
                  + ("met" if not missed else f"NOT met at {'; '.join(missed)}"))
     return lines
+
+
+def attention_cells(runs: list[dict], mark: int) -> list[str]:
+    """The attention statistics at one mark, per stage, median over the runs (first block)."""
+    def per_stage(pick, spec: str = ".2f") -> str:
+        stages = range(len(runs[0]["attention"][mark]))
+        values = [statistics.median(pick(run["attention"][mark][stage]["blocks"][0]) for run in runs)
+                  for stage in stages]
+        return " / ".join(format(v, spec) for v in values)
+
+    first = runs[0]["attention"][mark][0]["blocks"][0]
+    cells = []
+    if "channel" in first:
+        cells += [per_stage(lambda b: b["channel"]["collapsed_share"]),
+                  per_stage(lambda b: b["channel"]["effective"]["median"], ".1f")
+                  + f" [{first['channel']['context_channels']}]"]
+    else:
+        cells += ["off", "off"]
+    if "spatial" in first:
+        cells += [per_stage(lambda b: b["spatial"]["entropy_ratio"]["mean"], ".3f"),
+                  per_stage(lambda b: b["spatial"]["max_times_n"]["mean"]) + f" [{first['spatial']['tokens']}]",
+                  per_stage(lambda b: (b["spatial_foreground"] or b["spatial"])["entropy_ratio"]["mean"], ".3f")]
+    else:
+        cells += ["off", "off", "off"]
+    return cells
 
 
 def paired(runs: list[dict], baseline_runs: list[dict], curve: str, mark: int) -> str:
@@ -175,6 +222,52 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
         plt.close(figure)
 
 
+ATTENTION_PANELS = [  # (title, pick from a block's summary, log scale)
+    ("channel: rows with largest p > 0.5", lambda b: b["channel"]["collapsed_share"], False),
+    ("channel: median effective channels", lambda b: b["channel"]["effective"]["median"], True),
+    ("spatial: mean entropy / ln N", lambda b: b["spatial"]["entropy_ratio"]["mean"], False),
+    ("spatial: mean largest p x N", lambda b: b["spatial"]["max_times_n"]["mean"], True),
+]
+
+
+def plot_attention(results: dict[str, list[dict]], path: Path, title: str) -> bool:
+    """The attention statistics over the marks, per trainer (colour) and stage (line style), median over the runs;
+    False if no trainer recorded them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recorded = {name: runs for name, runs in results.items() if runs and runs[0].get("attention")}
+    if not recorded:
+        return False
+    with matplotlib.rc_context(matplotlib.rcParamsDefault):
+        figure, axes = plt.subplots(1, len(ATTENTION_PANELS), figsize=(20, 4.5), constrained_layout=True)
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for (name, runs), colour in zip(recorded.items(), colours):
+            iterations = runs[0]["iteration"]
+            for stage, style in zip(range(len(runs[0]["attention"][0])), ("-", "--", ":", "-.")):
+                for ax, (panel, pick, _) in zip(axes, ATTENTION_PANELS):
+                    try:
+                        values = [statistics.median(pick(run["attention"][mark][stage]["blocks"][0]) for run in runs)
+                                  for mark in range(len(iterations))]
+                    except KeyError:  # that attention is off
+                        continue
+                    ax.plot(iterations, values, color=colour, linestyle=style,
+                            label=f"{name}, stage {stage}")
+        for ax, (panel, _, log) in zip(axes, ATTENTION_PANELS):
+            ax.set_xlabel("iteration")
+            ax.set_title(panel)
+            ax.grid(alpha=0.3)
+            if log:
+                ax.set_yscale("log")
+        figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize=8)
+        figure.suptitle(title)
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-d", dest="dataset", required=True,
@@ -192,6 +285,8 @@ def main() -> None:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="run r starts from seed + r")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--attention-cases", type=int, default=20,
+                        help="validation cases whose DCA attention statistics are taken at each mark (0: none)")
     parser.add_argument("--workers", type=int, default=0, help="nnUNet_n_proc_DA; 0 (default) pairs the batches")
     parser.add_argument("--out", type=Path, default=Path("training_dynamics"))
     args = parser.parse_args()
@@ -227,7 +322,12 @@ def main() -> None:
     print_tables(results, args)
     plot(results, args.out / "curves.png", f"{dataset} {args.configuration}, batch {args.batch_size or 'of the plans'}"
                                            f", {args.runs} runs per trainer")
-    print(f"\ncurves: {curves_file}, figure: {args.out / 'curves.png'}")
+    figures = f"{args.out / 'curves.png'}"
+    title = (f"DCA's attention on {args.attention_cases} validation cases of {dataset} {args.configuration}, "
+             "median of the runs")
+    if plot_attention(results, args.out / "attention.png", title):
+        figures += f" and {args.out / 'attention.png'}"
+    print(f"\ncurves: {curves_file}, figures: {figures}")
 
 
 if __name__ == "__main__":
