@@ -100,14 +100,15 @@ def cell(values: tuple[float, float, float]) -> str:
     return "{:.3f} ({:.3f}, {:.3f})".format(*values)
 
 
-def print_tables(results: dict[str, list[dict]], args: argparse.Namespace) -> None:
+def print_tables(results: dict[str, list[dict]], args: argparse.Namespace, where: str) -> None:
+    """The tables; `where`: the environment the runs trained in."""
     n_marks = args.iterations // args.every
     marks = sorted({m for m in range(n_marks) if (m + 1) % args.print_every == 0} | {n_marks - 1})
     rows = [f"| {args.every * (mark + 1)} | {name} | {len(runs)} | "
             + " | ".join(cell(spread(runs, curve, mark)) for curve in CURVES) + " |"
             for mark in marks for name, runs in results.items() if runs]
     print_table(f"Training dynamics, {args.dataset} {args.configuration} fold {args.fold}, batch "
-                f"{args.batch_size or 'of the plans'}: median (worst, best) over the runs; {environment(args.device)}",
+                f"{args.batch_size or 'of the plans'}: median (worst, best) over the runs; trained on {where}",
                 ["iteration", "trainer", "runs", "train loss", "validation loss", "pseudo Dice"], rows)
     print()
     print_table("Time per iteration (median over runs): nnU-Net's train_step, and the whole run (data, "
@@ -134,7 +135,8 @@ def print_tables(results: dict[str, list[dict]], args: argparse.Namespace) -> No
                       for mark in marks for name, runs in results.items() if runs and runs[0].get("attention")]
     if attention_rows:
         print()
-        print_table(f"DCA's attention on {args.attention_cases} validation cases (a patch each, evaluation mode), "
+        print_table(f"DCA's attention on the first {args.attention_cases} validation cases (all, where there are fewer; "
+                    "a patch each, evaluation mode), "
                     "first block, per stage 0 / 1 / ...: median over the runs",
                     ["iteration", "trainer", "channel: rows with largest p > 0.5", "channel: median effective "
                      "channels [C_sum]", "spatial: mean entropy / ln N", "spatial: mean largest p x N [N]",
@@ -306,11 +308,14 @@ def main() -> None:
             sys.exit(f"{curves_file} holds runs of other settings ({saved['settings']}); use another --out")
         saved_runs = saved["runs"]
     results = {name: saved_runs.get(name, []) for name in args.trainers}
+    # what this invocation trains on, or, where every run was trained before, what the last of them trained on
+    where = saved.get("environment", environment(args.device)) if curves_file.is_file() else environment(args.device)
     for run in range(args.runs):
         for name in args.trainers:
             if len(results[name]) > run:  # done in an earlier invocation
                 continue
             result = train_once(name, dataset, args, args.seed + run)
+            where = environment(args.device)
             results[name].append(result)
             print(f"{name} run {run + 1}/{args.runs}: pseudo Dice {result['pseudo_dice'][-1]:.3f}, validation loss "
                   f"{result['val_loss'][-1]:.3f} at iteration {args.iterations}, "
@@ -319,11 +324,11 @@ def main() -> None:
                                                "runs": {**saved_runs, **results}}, indent=1))
     results = {name: runs[:args.runs] for name, runs in results.items()}
     print()
-    print_tables(results, args)
+    print_tables(results, args, where)
     plot(results, args.out / "curves.png", f"{dataset} {args.configuration}, batch {args.batch_size or 'of the plans'}"
                                            f", {args.runs} runs per trainer")
     figures = f"{args.out / 'curves.png'}"
-    title = (f"DCA's attention on {args.attention_cases} validation cases of {dataset} {args.configuration}, "
+    title = (f"DCA's attention on up to {args.attention_cases} validation cases of {dataset} {args.configuration}, "
              "median of the runs")
     if plot_attention(results, args.out / "attention.png", title):
         figures += f" and {args.out / 'attention.png'}"

@@ -128,7 +128,8 @@ class ChannelCrossAttention(nn.Module):
     are normalized before the softmax:
     - "paper": scaled by C_sum^-0.5, as in the paper. Their spread grows with N, and rows collapse onto one channel.
     - "cosine": each channel of Q and K L2-normalized along the tokens, so a score is a cosine in [-1, 1], times a
-      learnable per-head temperature starting at `temperature`, 1 by default (XCiT's cross-covariance attention, El-Nouby et al. 2021).
+      learnable per-head temperature starting at `temperature` (XCiT's cross-covariance attention, El-Nouby et al.
+      2021).
     - "standardized": each head's score matrix standardized to mean 0 and variance 1 (an InstanceNorm without
       affine, eps 1e-5), as UCTransNet's channel cross-attention (Wang et al. 2022).
     - "qk_norm": the cosines times log2(L^2 - L), L = C_sum/h the keys of a row (QK-norm's starting scale, Henry et
@@ -285,7 +286,7 @@ class SpatialCrossAttention(nn.Module):
       rows stay near uniform: a global average.
     - "qk_norm": each query and key L2-normalized over its head's channels, so a score is a cosine in [-1, 1], times
       log2(N^2 - N) (QK-norm's starting scale for N tokens, Henry et al. 2020) and a learnable per-head temperature
-      starting at 1.
+      starting at `temperature`.
     tokens (B, N, C_i), context (B, N, C_sum) -> (B, N, C_i)
     """
 
