@@ -118,6 +118,7 @@ def attention_summary(network, probe) -> list[dict]:
     gradients, the network's mode restored after)."""
     import torch
 
+    from nnunet_dca.attention.record import cpu_stages
     from nnunet_dca.attention.statistics import attention_rows, summarize
     from nnunet_dca.recording import DCARecorder
 
@@ -132,7 +133,6 @@ def attention_summary(network, probe) -> list[dict]:
             network(data.to(device))
     finally:
         network.train(was_training)
-    stages = [type(s)(**{k: (v.float().cpu() if isinstance(v, torch.Tensor) else [w.float().cpu() for w in v])
-                         for k, v in vars(s).items()}) for s in recorder.stages]
+    stages = cpu_stages(recorder.stages)
     grid = network.dca.grid_for([s.skip for s in stages])
     return summarize([attention_rows(stages, foreground, grid)])

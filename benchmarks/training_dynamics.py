@@ -302,14 +302,14 @@ def main() -> None:
                 if key not in ("out", "print_every", "trainers", "runs")}
     curves_file = args.out / "curves.json"
     saved_runs = {}
+    # what this invocation trains on, or, where every run was trained before, what the last of them trained on
+    where = environment(args.device)
     if curves_file.is_file():
         saved = json.loads(curves_file.read_text())
         if saved["settings"] != settings:
             sys.exit(f"{curves_file} holds runs of other settings ({saved['settings']}); use another --out")
-        saved_runs = saved["runs"]
+        saved_runs, where = saved["runs"], saved.get("environment", where)
     results = {name: saved_runs.get(name, []) for name in args.trainers}
-    # what this invocation trains on, or, where every run was trained before, what the last of them trained on
-    where = saved.get("environment", environment(args.device)) if curves_file.is_file() else environment(args.device)
     for run in range(args.runs):
         for name in args.trainers:
             if len(results[name]) > run:  # done in an earlier invocation

@@ -39,7 +39,7 @@ def record_tile(model: Model, tile: Tile, tile_input: torch.Tensor) -> TileRecor
     autocast = torch.autocast(device.type) if device.type == "cuda" else contextlib.nullcontext()
     with torch.no_grad(), autocast, DCARecorder(model.dca) as recorder:
         logits = model.network(tile_input.to(device))
-    stages = [StageRecord(**{name: _cpu(value) for name, value in vars(stage).items()}) for stage in recorder.stages]
+    stages = cpu_stages(recorder.stages)
     grid = model.dca.grid_for([stage.skip for stage in stages])
     return TileRecord(stages, grid, tile.token(grid), _cpu(logits))
 
@@ -113,6 +113,11 @@ def _pairs(stage: StageRecord) -> list[tuple[torch.Tensor | None, torch.Tensor |
     blocks = max(len(stage.channel_attention), len(stage.spatial_attention))
     return [(stage.channel_attention[b] if stage.channel_attention else None,
              stage.spatial_attention[b] if stage.spatial_attention else None) for b in range(blocks)]
+
+
+def cpu_stages(stages: list[StageRecord]) -> list[StageRecord]:
+    """A recorder's stages with every tensor detached, float32 and on the CPU."""
+    return [StageRecord(**{name: _cpu(value) for name, value in vars(stage).items()}) for stage in stages]
 
 
 def _cpu(value: Any) -> Any:
