@@ -16,10 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nnunet_training import set_up_folders
-
 from nnunet_dca.demo import nnunet_command, write_short_trainer
 from nnunet_dca.trainers import trainer_dir
+from nnunet_training import set_up_folders
 
 TRAINER = "nnUNetTrainerDCA_example"
 CONFIGURATION = "2d"

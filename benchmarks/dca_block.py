@@ -86,8 +86,8 @@ def main() -> None:
                         f"{gflop / result['seconds']:.1f} |")
     print_table(f"DCA block, features {FEATURES}, batch {args.batch}, forward+backward, median of {args.repeats}; "
                 f"{environment(args.device)}",
-                ["tokens", "path", "time (s)", "peak memory (MiB)", "time / naive", "memory / naive", "FLOP floor (GFLOP)",
-                 "GFLOP/s"], rows)
+                ["tokens", "path", "time (s)", "peak memory (MiB)", "time / naive", "memory / naive",
+                 "FLOP floor (GFLOP)", "GFLOP/s"], rows)
 
 
 if __name__ == "__main__":

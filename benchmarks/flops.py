@@ -9,6 +9,7 @@ sample is counted.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable
 
 import torch
@@ -52,5 +53,5 @@ def flop_floor(case: Case, training: bool) -> float:
     flops = {}
     for network in ("stock", "dca"):
         model = case.build(network, deep_supervision=training).train(training)
-        flops[network] = count_flops(model, lambda: model(x), backward=training)
+        flops[network] = count_flops(model, functools.partial(model, x), backward=training)
     return flops["dca"] / flops["stock"]

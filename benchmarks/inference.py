@@ -85,14 +85,16 @@ def main() -> None:
                 predictor.initialize_from_trained_model_folder(folder, use_folds=(0,))
                 predictors[network] = predictor
             volume = torch.randn(case.input_channels, *case.volume, generator=torch.Generator().manual_seed(0))
-            calls = {network: functools.partial(predict, predictor, volume) for network, predictor in predictors.items()}
+            calls = {network: functools.partial(predict, predictor, volume)
+                     for network, predictor in predictors.items()}
             alternated_times(calls, 1, args.device)  # warm-up
             times = alternated_times(calls, args.repeats, args.device)
             rows.append(f"| {case.name} | {'x'.join(map(str, case.volume))} | {ratio_cells(times)} | "
                         f"{flop_floor(case, training=False):.3f} |")
     print_table(f"Sliding-window inference (nnUNetPredictor, step 0.5, gaussian, mirroring "
                 f"{'on' if args.mirroring else 'off'}), median of {args.repeats} alternated runs; "
-                f"{environment(args.device)}", ["config", "volume", "stock (s)", "DCA (s)", "time DCA / stock", "FLOP floor"], rows)
+                f"{environment(args.device)}",
+                ["config", "volume", "stock (s)", "DCA (s)", "time DCA / stock", "FLOP floor"], rows)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,16 @@ import torch.nn.functional as F
 from cases import Case, ct_cases, plans_cases
 from ct_plans import CONFIGS
 from flops import flop_floor
-from measure import (add_allocator_option, alternated_times, environment, peak_bytes, print_table, ratio_cells,
-                     synchronize, use_allocator)
+from measure import (
+    add_allocator_option,
+    alternated_times,
+    environment,
+    peak_bytes,
+    print_table,
+    ratio_cells,
+    synchronize,
+    use_allocator,
+)
 
 
 def training_step(case: Case, network: torch.nn.Module, device: str, amp: bool) -> Callable[[], None]:
@@ -84,13 +92,14 @@ def main() -> None:
         peaks = {network: peak_bytes(step, args.device) for network, step in steps.items()}
         configuration = case.configuration_manager
         rows.append(f"| {case.name} | {configuration.batch_size} x {'x'.join(map(str, configuration.patch_size))} | "
-                    f"{ratio_cells(times)} | {flop_floor(case, training=True):.3f} | {peaks['stock'] / 2**20:.0f} | {peaks['dca'] / 2**20:.0f} | "
+                    f"{ratio_cells(times)} | {flop_floor(case, training=True):.3f} | "
+                    f"{peaks['stock'] / 2**20:.0f} | {peaks['dca'] / 2**20:.0f} | "
                     f"{peaks['dca'] / peaks['stock']:.3f} |")
         del steps
     print_table(f"Training step (planned batch, deep supervision, backward), median of {args.repeats} alternated "
                 f"runs; {environment(args.device)}{', ' + ' '.join(flags) if flags else ''}",
-                ["config", "batch x patch", "stock (s)", "DCA (s)", "time DCA / stock", "FLOP floor", "stock peak (MiB)",
-                 "DCA peak (MiB)", "memory DCA / stock"], rows)
+                ["config", "batch x patch", "stock (s)", "DCA (s)", "time DCA / stock", "FLOP floor",
+                 "stock peak (MiB)", "DCA peak (MiB)", "memory DCA / stock"], rows)
 
 
 if __name__ == "__main__":

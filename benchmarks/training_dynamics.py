@@ -135,8 +135,8 @@ def print_tables(results: dict[str, list[dict]], args: argparse.Namespace, where
                       for mark in marks for name, runs in results.items() if runs and runs[0].get("attention")]
     if attention_rows:
         print()
-        print_table(f"DCA's attention on the first {args.attention_cases} validation cases (all, where there are fewer; "
-                    "a patch each, evaluation mode), "
+        print_table(f"DCA's attention on the first {args.attention_cases} validation cases (all, where there are "
+                    "fewer; a patch each, evaluation mode), "
                     "first block, per stage 0 / 1 / ...: median over the runs",
                     ["iteration", "trainer", "channel: rows with largest p > 0.5", "channel: median effective "
                      "channels [C_sum]", "spatial: mean entropy / ln N", "spatial: mean largest p x N [N]",
@@ -249,7 +249,7 @@ def plot_attention(results: dict[str, list[dict]], path: Path, title: str) -> bo
         for (name, runs), colour in zip(recorded.items(), colours):
             iterations = runs[0]["iteration"]
             for stage, style in zip(range(len(runs[0]["attention"][0])), ("-", "--", ":", "-.")):
-                for ax, (panel, pick, _) in zip(axes, ATTENTION_PANELS):
+                for ax, (_, pick, _) in zip(axes, ATTENTION_PANELS):
                     try:
                         values = [statistics.median(pick(run["attention"][mark][stage]["blocks"][0]) for run in runs)
                                   for mark in range(len(iterations))]

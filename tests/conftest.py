@@ -16,6 +16,7 @@ from typing import Mapping
 import pytest
 
 from nnunet_dca.demo import DEMO_SETTINGS, PLANNING_SETTINGS, TASK_ID, DemoLayout, nnunet_command, write_short_trainer
+from slurm_cluster import slurm_cluster  # noqa: F401 (the fixture, for every test module)
 
 DEMO_ITERATIONS = 3
 # trainers of one epoch of one iteration, written next to the demo's trainer (first on nnUNet_extTrainer)

@@ -2,7 +2,7 @@
 
 The fixture does not start a cluster (that installs packages and starts daemons as root): `bash .ci/slurm-up.sh`
 does, and .ci/run calls it. Where sbatch is missing or no node is up, the tests that use the fixture skip, saying so.
-Import both names into a test module: `from slurm_cluster import slurm_cluster, wait_for_job  # noqa: F401`.
+conftest.py makes the fixture every test module's; a module that waits for jobs imports `wait_for_job`.
 """
 
 from __future__ import annotations

@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 
 import nnunet_dca.allocator
-from nnunet_dca.allocator import (KNOWN_ALLOCATORS, PRELOADABLE, SYSTEM_ALLOCATOR, current_allocator, find_library,
-                                  install_hint, run_under)
+from nnunet_dca.allocator import (
+    KNOWN_ALLOCATORS,
+    PRELOADABLE,
+    SYSTEM_ALLOCATOR,
+    current_allocator,
+    find_library,
+    install_hint,
+    run_under,
+)
 
 REPORT = "from nnunet_dca.allocator import current_allocator; print(current_allocator())"
 

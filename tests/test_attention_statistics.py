@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_dca.attention.statistics import (TARGETS, attention_rows, channel_rows, foreground_tokens, joined_rows,
-                                             spatial_rows, summarize, target_checks)
+from nnunet_dca.attention.statistics import (
+    TARGETS,
+    attention_rows,
+    channel_rows,
+    foreground_tokens,
+    joined_rows,
+    spatial_rows,
+    summarize,
+    target_checks,
+)
 from nnunet_dca.recording import StageRecord
 
 

@@ -19,7 +19,7 @@ from nnunet_dca.compare import local, slurm
 from nnunet_dca.compare.locks import lock_path
 from nnunet_dca.compare.slurm import SlurmError, SlurmOptions, array_script, nnunet_environment, submit
 from nnunet_dca.compare.study import CHECKPOINT_FINAL, CHECKPOINT_LATEST, DONE, SUMMARY, Run
-from slurm_cluster import slurm_cluster, wait_for_job  # noqa: F401 (fixture)
+from slurm_cluster import wait_for_job
 
 # Stands in for nnUNetv2_train: appends its arguments and the nnU-Net folders it sees to the fold's calls.txt,
 # then writes the final checkpoint and the validation's summary.json, as a finished training would.

@@ -21,8 +21,21 @@ from batchgenerators.utilities.file_and_folder_operations import load_json, save
 
 from nnunet_dca.compare import local, locks, workflow
 from nnunet_dca.compare.locks import LOCK_SUFFIX, lock_path
-from nnunet_dca.compare.study import (CHECKPOINT_FINAL, CHECKPOINT_LATEST, DONE, FRESH, RESUME, SUMMARY, VALIDATE, Run,
-                                      Study, StudyError, check_model_folder_plans, check_preprocessed, resolve_study)
+from nnunet_dca.compare.study import (
+    CHECKPOINT_FINAL,
+    CHECKPOINT_LATEST,
+    DONE,
+    FRESH,
+    RESUME,
+    SUMMARY,
+    VALIDATE,
+    Run,
+    Study,
+    StudyError,
+    check_model_folder_plans,
+    check_preprocessed,
+    resolve_study,
+)
 from nnunet_dca.trainers import trainer_dir
 from plans_examples import DATASET_JSON, make_plans
 

@@ -7,10 +7,17 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nnunet_dca import DCA
-from nnunet_dca.dca import (NEGLIGIBLE_PROBABILITY, ChannelCrossAttention, SpatialCrossAttention, _pool_to_tokens,
-                            capped_grid, state_dict_from_reference, upsample_linear)
-from nnunet_dca.recording import DCARecorder
+from nnunet_dca.dca import (
+    NEGLIGIBLE_PROBABILITY,
+    ChannelCrossAttention,
+    SpatialCrossAttention,
+    _pool_to_tokens,
+    capped_grid,
+    state_dict_from_reference,
+    upsample_linear,
+)
 from nnunet_dca.naive import NaiveDCA
+from nnunet_dca.recording import DCARecorder
 
 PAPER_FEATURES = [32, 64, 128, 256]
 
@@ -633,7 +640,8 @@ def test_gradcheck_float64(fused):
     (dict(features=[8, 16], spatial_dims=1), "spatial_dims must be 2 or 3, got 1"),
     (dict(features=[]), "features must be a non-empty list"),
     (dict(features=[8, 16], spatial_heads=3), "spatial_heads=3 at stage 0 must divide both the stage's channels (8)"),
-    (dict(features=[8, 12], channel_heads=[1, 8]), "channel_heads=8 at stage 1 must divide both the stage's channels (12)"),
+    (dict(features=[8, 12], channel_heads=[1, 8]),
+     "channel_heads=8 at stage 1 must divide both the stage's channels (12)"),
     (dict(features=[8, 16], channel_heads=[1, 1, 1]), "channel_heads must be a positive int or one per skip (2)"),
     (dict(features=[8, 16], token_grid=(4, 4, 4)), "token_grid must be None, a positive int or 2 positive ints"),
     (dict(features=[8, 16], max_tokens=0), "max_tokens must be a positive int or None"),
@@ -666,8 +674,10 @@ def test_weights_of_the_other_merge_are_refused_naming_both(saved, built):
 
 @pytest.mark.parametrize("skips, message", [
     ([torch.randn(2, 8, 16, 16)], "DCA was built for 2 skips (features [8, 16]), got 1 inputs"),
-    ([torch.randn(2, 8, 16, 16), torch.randn(2, 12, 8, 8)], "skip 1 has 12 channels, DCA was built with features[1]=16"),
-    ([torch.randn(2, 8, 16, 16), torch.randn(3, 16, 8, 8)], "skips have different batch sizes: skip 0 has 2, skip 1 has 3"),
+    ([torch.randn(2, 8, 16, 16), torch.randn(2, 12, 8, 8)],
+     "skip 1 has 12 channels, DCA was built with features[1]=16"),
+    ([torch.randn(2, 8, 16, 16), torch.randn(3, 16, 8, 8)],
+     "skips have different batch sizes: skip 0 has 2, skip 1 has 3"),
     ([torch.randn(2, 8, 16, 16, 4), torch.randn(2, 16, 8, 8, 2)], "skip 0 has shape (2, 8, 16, 16, 4)"),
 ])
 def test_bad_inputs_are_named(skips, message):

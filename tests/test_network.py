@@ -11,8 +11,16 @@ from torch import nn
 
 from nnunet_dca.config import resolved_dca_block
 from nnunet_dca.network import DCAUNet, DCAUNetFromPlans
-from plans_examples import (NUM_CLASSES, PATCH_SIZES, PLAIN_2D, PLAIN_3D, RESENC_2D, RESENC_3D, make_plans,
-                            single_thread)  # noqa: F401 (autouse)
+from plans_examples import (
+    NUM_CLASSES,
+    PATCH_SIZES,
+    PLAIN_2D,
+    PLAIN_3D,
+    RESENC_2D,
+    RESENC_3D,
+    make_plans,
+    single_thread,  # noqa: F401 (autouse)
+)
 
 CONFIGURATIONS = ["2d", "3d_fullres", "2d_resenc"]
 

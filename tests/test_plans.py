@@ -53,7 +53,8 @@ def test_a_hand_written_block_without_the_merge_key_takes_the_defaults():
 
 
 def test_a_block_overrides_defaults_and_json_lists_become_tuples():
-    stages, kwargs = parse_dca_block({"stages": 3, "token_grid": [8, 6], "max_tokens": None, "spatial_heads": [2, 4, 4]})
+    stages, kwargs = parse_dca_block({"stages": 3, "token_grid": [8, 6], "max_tokens": None,
+                                      "spatial_heads": [2, 4, 4]})
     assert stages == 3
     assert kwargs["token_grid"] == (8, 6) and kwargs["spatial_heads"] == (2, 4, 4) and kwargs["max_tokens"] is None
 
@@ -87,7 +88,8 @@ def test_an_unknown_key_is_named_with_the_valid_ones():
     ({"channel_attention": "yes"}, "'channel_attention' must be true or false"),
     ({"channel_attention": False, "spatial_attention": False}, "keep at least one on"),
     ({"merge": "sum"}, "'merge' must be one of \\['paper', 'residual'\\], got 'sum'"),
-    ({"channel_scores": "softmax"}, "'channel_scores' must be one of \\['paper', 'cosine', 'standardized', 'qk_norm'\\]"),
+    ({"channel_scores": "softmax"},
+     "'channel_scores' must be one of \\['paper', 'cosine', 'standardized', 'qk_norm'\\]"),
     ({"spatial_scores": "cosine"}, "'spatial_scores' must be one of \\['paper', 'qk_norm'\\], got 'cosine'"),
     ({"temperature": 0}, "'temperature' .* must be a positive number, got 0"),
     ({"temperature": True}, "'temperature' .* must be a positive number"),
@@ -179,7 +181,8 @@ def test_an_existing_configuration_is_replaced_only_when_asked(plans_file):
         add_dca_configuration(plans_file, name="3d_fullres", overwrite=True)  # and never replaced
     assert open(plans_file).read() == before
     add_dca_configuration(plans_file, dca={"n_blocks": 2}, overwrite=True)
-    assert json.load(open(plans_file))["configurations"]["2d_dca"]["architecture"]["arch_kwargs"]["dca"]["n_blocks"] == 2
+    configuration = json.load(open(plans_file))["configurations"]["2d_dca"]
+    assert configuration["architecture"]["arch_kwargs"]["dca"]["n_blocks"] == 2
 
 
 def test_a_dca_configuration_is_not_a_source(plans_file):

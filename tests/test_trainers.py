@@ -18,15 +18,23 @@ from nnunet_dca.network import DCAUNet
 from nnunet_dca.plans import add_dca_configuration
 from nnunet_dca.trainers import nnUNetTrainerDCA as trainers_module
 from nnunet_dca.trainers import trainer_dir
-from nnunet_dca.trainers.nnUNetTrainerDCA import (RESOLVED_KEY, nnUNetTrainerDCA, nnUNetTrainerDCA_5epochs,
-                                                  nnUNetTrainerDCA_CCAOnly, nnUNetTrainerDCA_ChannelCosine,
-                                                  nnUNetTrainerDCA_ChannelQKNorm,
-                                                  nnUNetTrainerDCA_ChannelStandardized, nnUNetTrainerDCA_CosineQKNorm,
-                                                  nnUNetTrainerDCA_FullGrid, nnUNetTrainerDCA_Paper,
-                                                  nnUNetTrainerDCA_QKNorm, nnUNetTrainerDCA_SCAOnly,
-                                                  nnUNetTrainerDCA_SpatialQKNorm,
-                                                  nnUNetTrainerDCA_StandardizedQKNorm)
-from plans_examples import DATASET_JSON, NotAUNet, NUM_CLASSES, PATCH_SIZES, make_plans, single_thread  # noqa: F401 (autouse)
+from nnunet_dca.trainers.nnUNetTrainerDCA import (
+    RESOLVED_KEY,
+    nnUNetTrainerDCA,
+    nnUNetTrainerDCA_5epochs,
+    nnUNetTrainerDCA_CCAOnly,
+    nnUNetTrainerDCA_ChannelCosine,
+    nnUNetTrainerDCA_ChannelQKNorm,
+    nnUNetTrainerDCA_ChannelStandardized,
+    nnUNetTrainerDCA_CosineQKNorm,
+    nnUNetTrainerDCA_FullGrid,
+    nnUNetTrainerDCA_Paper,
+    nnUNetTrainerDCA_QKNorm,
+    nnUNetTrainerDCA_SCAOnly,
+    nnUNetTrainerDCA_SpatialQKNorm,
+    nnUNetTrainerDCA_StandardizedQKNorm,
+)
+from plans_examples import DATASET_JSON, NUM_CLASSES, PATCH_SIZES, NotAUNet, make_plans, single_thread  # noqa: F401 (autouse)
 
 
 def build(trainer, configuration: str = "2d", plans: dict | None = None, deep_supervision: bool = True):

@@ -17,8 +17,16 @@ import numpy as np
 
 from nnunet_dca.compare import figures
 from nnunet_dca.compare.results import COMPLETE, EMPTY_CASE_DICE, ConfigurationResults, FoldResult, collect
-from nnunet_dca.compare.statistics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, MIN_NONZERO_DIFFERENCES,
-                                           SIGNIFICANCE, compare, describe_folds, fold_list)
+from nnunet_dca.compare.statistics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CONFIDENCE,
+    MIN_NONZERO_DIFFERENCES,
+    SIGNIFICANCE,
+    compare,
+    describe_folds,
+    fold_list,
+)
 
 if TYPE_CHECKING:
     from nnunet_dca.compare.study import Study

@@ -19,8 +19,16 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
-from nnunet_dca.compare.study import (CHECKPOINT_FINAL, CHECKPOINT_LATEST, CONTINUE_OPTIONS, DONE, SUMMARY, VALIDATE,
-                                      Run, StudyError)
+from nnunet_dca.compare.study import (
+    CHECKPOINT_FINAL,
+    CHECKPOINT_LATEST,
+    CONTINUE_OPTIONS,
+    DONE,
+    SUMMARY,
+    VALIDATE,
+    Run,
+    StudyError,
+)
 
 if TYPE_CHECKING:
     from nnunet_dca.compare.study import Study

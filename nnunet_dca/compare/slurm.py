@@ -15,8 +15,16 @@ from typing import Mapping, Sequence
 
 from nnunet_dca.compare.local import run_local
 from nnunet_dca.compare.locks import LOCK_SUFFIX
-from nnunet_dca.compare.study import (CHECKPOINT_FINAL, CHECKPOINT_LATEST, CONTINUE_OPTIONS, DONE, RESUME, SUMMARY,
-                                      VALIDATE, Run)
+from nnunet_dca.compare.study import (
+    CHECKPOINT_FINAL,
+    CHECKPOINT_LATEST,
+    CONTINUE_OPTIONS,
+    DONE,
+    RESUME,
+    SUMMARY,
+    VALIDATE,
+    Run,
+)
 from nnunet_dca.demo import nnunet_command
 
 

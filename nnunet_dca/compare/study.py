@@ -1,4 +1,5 @@
-"""What a comparison covers: datasets x configurations x trainers x folds, and each fold's place in nnU-Net's folders."""
+"""What a comparison covers: datasets x configurations x trainers x folds, and each fold's place in nnU-Net's
+folders."""
 
 from __future__ import annotations
 

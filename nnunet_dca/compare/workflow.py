@@ -26,7 +26,8 @@ def compare(datasets: Sequence[str], configurations: Sequence[str], trainers: Se
     into `out` and returns the number of local trainings that failed.
 
     Everything written goes under `out` (report, figures, training logs, the SLURM script); nnUNet_results changes
-    only through nnUNetv2_train and the folds' locks while they train (locks.py). Raises StudyError or SlurmError (one line) for what the user has to fix.
+    only through nnUNetv2_train and the folds' locks while they train (locks.py). Raises StudyError or SlurmError
+    (one line) for what the user has to fix.
     """
     if train not in TRAIN_MODES:
         raise ValueError(f"--train must be one of {', '.join(TRAIN_MODES)}, got {train!r}")
