@@ -1,6 +1,13 @@
 """Dual Cross-Attention (Ates, Mohan, Celik 2023) skip connections for nnU-Net v2."""
 
-__all__ = ["DCA"]
+from importlib.metadata import PackageNotFoundError, version
+
+__all__ = ["DCA", "__version__"]
+
+try:
+    __version__ = version("nnunet-dca")  # pyproject.toml's, as installed
+except PackageNotFoundError:  # a source tree put on sys.path without installing it
+    __version__ = "0+unknown"
 
 
 def __getattr__(name: str):

@@ -22,6 +22,7 @@ from nnunet_dca.config import CHANNEL_SCORES, DEFAULTS, MERGES, SPATIAL_SCORES
 from nnunet_dca.demo import DEFAULT_ITERATIONS, DemoError, run_demo
 from nnunet_dca.doctor import EXPORT_LINE, run_doctor
 from nnunet_dca.trainers import ext_trainer_value, trainer_dir
+from nnunet_dca.versions import version_report
 
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
@@ -41,6 +42,17 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class PrintVersions(argparse.Action):
+    """--version: prints version_report() and exits (argparse's own version action would rewrap its lines)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args) -> NoReturn:
+        print(version_report())
+        parser.exit()
+
+
 def cmd_trainer_dir(args: argparse.Namespace) -> int:
     print(ext_trainer_value(os.environ.get("nnUNet_extTrainer")) if args.export else trainer_dir())
     return 0
@@ -58,7 +70,7 @@ def _max_tokens(value: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'none' (uncapped), got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'none' (uncapped), got {value!r}") from None
 
 
 def _int_or_list(values: list[int]) -> int | list[int]:
@@ -166,8 +178,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     for option, given, mode in (("--gpus", args.gpus, "local"), ("--partition", args.partition, "slurm"),
                                 ("--gres", args.gres, "slurm"), ("--time", args.time, "slurm"),
-                                ("--array-limit", args.array_limit, "slurm"), ("--sbatch-arg", args.sbatch_args, "slurm"),
-                                ("--dry-run", args.dry_run, "slurm")):
+                                ("--array-limit", args.array_limit, "slurm"),
+                                ("--sbatch-arg", args.sbatch_args, "slurm"), ("--dry-run", args.dry_run, "slurm")):
         if given and args.train != mode:
             raise UsageError(f"{option} applies to --train {mode} only, and this is --train {args.train}: add "
                              f"--train {mode}, or leave {option} out")
@@ -265,6 +277,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(  # add_subparsers makes each command's parser of the same class
         prog="nnunet-dca", description="Dual Cross-Attention skip connections for nnU-Net v2: set-up helpers.")
+    parser.add_argument("--version", action=PrintVersions,
+                        help="print the versions of nnunet-dca, nnU-Net, torch and Python, and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     trainer_dir_parser = commands.add_parser(
@@ -316,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     dca.add_argument("--no-spatial-attention", dest="spatial_attention", action="store_false",
                      default=argparse.SUPPRESS, help="ablation: channel cross-attention only")
     dca.add_argument("--merge", choices=MERGES, default=argparse.SUPPRESS,
-                     help=f"how the refined skip joins the skip: residual (added, starting at zero) or paper (BatchNorm "
-                          f"and ReLU of the sum) (default {DEFAULTS['merge']})")
+                     help=f"how the refined skip joins the skip: residual (added, starting at zero) or paper "
+                          f"(BatchNorm and ReLU of the sum) (default {DEFAULTS['merge']})")
     dca.add_argument("--channel-scores", dest="channel_scores", choices=CHANNEL_SCORES, default=argparse.SUPPRESS,
                      help=f"how channel attention normalizes its scores (docs/dca.md) (default "
                           f"{DEFAULTS['channel_scores']})")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pydoc
 import stat
 import tempfile
 from typing import Any, Mapping
@@ -146,6 +147,11 @@ def _check_builds(architecture: dict) -> None:
     # settings that fit only some networks (heads must divide each stage's channels, one value per stage) fail
     # now rather than when training starts. The meta device allocates nothing: this takes milliseconds.
     # The channel counts of the input and the output do not reach DCA, so any will do.
+    # The networks' modules are imported first, off the meta device: under it, torch 2.8 fails to import
+    # torchvision, which Primus imports through timm.
+    for class_path in (architecture["network_class_name"], architecture["arch_kwargs"].get("base_network_class_name")):
+        if class_path:
+            pydoc.locate(class_path)
     try:
         with torch.device("meta"):
             get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
