@@ -5,9 +5,7 @@ import json
 import os
 import subprocess
 import sys
-import sysconfig
 import textwrap
-import venv
 from pathlib import Path
 
 import pytest
@@ -26,8 +24,15 @@ from nnunet_dca.cli import main
 from nnunet_dca.demo import nnunet_command
 from nnunet_dca.trainers import trainer_dir
 from nnunet_dca.trainers.nnUNetTrainerDCA import nnUNetTrainerDCA
-from plans_examples import (DATASET_JSON, NUM_CLASSES, PATCH_SIZES, PRIMUS_3D, cascade_plans, make_plans,
-                            single_thread)  # noqa: F401 (autouse)
+from plans_examples import (
+    DATASET_JSON,
+    NUM_CLASSES,
+    PATCH_SIZES,
+    PRIMUS_3D,
+    cascade_plans,
+    make_plans,
+    single_thread,  # noqa: F401 (autouse)
+)
 
 NNUNET_PATHS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
@@ -120,24 +125,6 @@ def test_export_puts_the_trainer_dir_first_and_keeps_the_users_folders(monkeypat
 
 def test_the_console_script_is_installed_in_this_environment():
     assert run(["nnunet-dca", "trainer-dir"]).strip() == trainer_dir()
-
-
-@pytest.mark.e2e
-def test_a_wheel_of_the_repo_ships_the_trainers_and_serves_trainer_dir(tmp_path):
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", tmp_path / "wheel", Path(__file__).parents[1]], check=True)
-    venv.create(tmp_path / "venv")
-    python = tmp_path / "venv" / "bin" / "python"
-    subprocess.run([*pip, "--python", python, "install", "--no-deps", *(tmp_path / "wheel").glob("*.whl")], check=True)
-    # the dependencies (torch, nnunetv2) from this environment; a path added by a .pth file is not itself scanned
-    # for .pth files, so this environment's editable install of the package stays out
-    site_packages = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                        check=True, capture_output=True, text=True).stdout.strip())
-    (site_packages / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"])
-    printed = subprocess.run([python.parent / "nnunet-dca", "trainer-dir"], check=True, capture_output=True,
-                             text=True).stdout.strip()
-    assert Path(printed) == site_packages / "nnunet_dca" / "trainers"
-    assert (Path(printed) / "nnUNetTrainerDCA.py").is_file()
 
 
 # doctor
@@ -234,7 +221,8 @@ def test_add_config_writes_the_dca_block_and_prints_the_train_command(plans_file
     configuration = json.loads(plans_file.read_text())["configurations"]["2d_dca"]
     assert configuration["inherits_from"] == "2d"
     dca = configuration["architecture"]["arch_kwargs"]["dca"]
-    assert (dca["spatial_heads"], dca["max_tokens"], dca["token_grid"], dca["channel_attention"]) == (2, None, [8, 6], False)
+    assert (dca["spatial_heads"], dca["max_tokens"], dca["token_grid"], dca["channel_attention"]) == \
+        (2, None, [8, 6], False)
     assert dca["n_blocks"] == 1 and dca["merge"] == "residual"  # options left out keep the defaults
     out = capsys.readouterr().out
     assert str(plans_file) in out and "nnUNetv2_train 999 2d_dca 0\n" in out

@@ -4,8 +4,8 @@
   preprocessed by nnU-Net, then stock and DCA trained on two folds with `--train local`; the report is checked
   against values recomputed here from nnU-Net's own summary files and checkpoints;
 - the demo task trained as a job array on a one-node SLURM cluster with `--train slurm`, and reported afterwards;
-- two comparisons of the same folds at once, both local and both job arrays: the folds' locks let each fold train
-  once.
+- two local comparisons of the same folds at once: the folds' locks let each fold train once (two job arrays of
+  the same folds are test_compare_slurm's, with stand-in trainings).
 
 Trainings are a few iterations long: these runs check the plumbing and the numbers' bookkeeping, not DCA.
 """
@@ -23,11 +23,11 @@ import torch
 from scipy import stats
 
 from conftest import run
-from nnunet_dca.compare.statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 from nnunet_dca.compare.locks import LOCK_SUFFIX
+from nnunet_dca.compare.statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 from nnunet_dca.demo import DEMO_SETTINGS, PLANNING_SETTINGS, DemoLayout, nnunet_command, write_short_trainer
 from real_data import ISBI, write_isbi_dataset
-from slurm_cluster import slurm_cluster, wait_for_job  # noqa: F401 (fixture)
+from slurm_cluster import wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -231,20 +231,3 @@ def test_two_local_comparisons_started_together_train_each_fold_once(demo, tmp_p
     outputs = [process.communicate(timeout=1800)[0] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], "\n".join(outputs)
     assert_each_fold_trained_once(demo, trainers, folds, "\n".join(outputs))
-
-
-def test_a_job_array_submitted_twice_trains_each_fold_once(slurm_cluster, demo, tmp_path):  # skips before the demo
-    trainers, folds = write_lock_trainers(demo, "slurmlock"), (0, 1)
-    jobs = []
-    for name in ("first", "second"):  # the second while the first's tasks are queued or running
-        output = run(["nnunet-dca", "compare", demo.layout.dataset_name, "-c", "2d", "--trainers", *trainers,
-                      "--folds", *map(str, folds), "-device", "cpu", "--train", "slurm", "--out", tmp_path / name],
-                     env=demo.env())
-        job = re.search(r"Submitted job array (\d+): \d of 4 trainings", output)
-        assert job, output
-        jobs.append(job.group(1))
-    for job in jobs:
-        wait_for_job(job, timeout=1800)
-    task_logs = sorted(tmp_path.glob("*/slurm/*_*.log"))
-    assert len(task_logs) == 2 * len(trainers) * len(folds)
-    assert_each_fold_trained_once(demo, trainers, folds, "\n".join(log.read_text() for log in task_logs))
