@@ -253,9 +253,8 @@ def test_of_processes_racing_for_one_lock_exactly_one_wins(path, tmp_path, stale
     folder.mkdir()
     if stale:
         write_lock(path, minutes_ago=30)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(locks.__file__).parents[2]),
-                                                                     os.environ.get("PYTHONPATH")]))}
-    processes = [subprocess.Popen([sys.executable, "-c", RACER, str(path), str(folder), str(number)], env=env,
+    # sys.executable imports the nnunet_dca installed in it, which is the one under test
+    processes = [subprocess.Popen([sys.executable, "-c", RACER, str(path), str(folder), str(number)],
                                   stdout=subprocess.PIPE, text=True) for number in range(racers)]
     try:
         deadline = time.monotonic() + 50

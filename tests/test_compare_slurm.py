@@ -65,9 +65,8 @@ def fake_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for script in (path, nnunet_dca):
         script.chmod(0o755)
     monkeypatch.setattr(slurm, "nnunet_command", lambda name: str(path.with_name(name)))
-    # the tasks' nnunet-dca imports this checkout's nnunet_dca
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(slurm.__file__).parents[2]),
-                                                                   os.environ.get("PYTHONPATH")])))
+    # the tasks' nnunet-dca runs on sys.executable, which imports the nnunet_dca installed in it: the one under test
+    # (a PYTHONPATH of its site-packages would put the PyPI argparse that unittest2 installs before the stdlib's)
     return path
 
 
